@@ -1,0 +1,3 @@
+from .graph import Edge, PCGraph, ValueNode
+
+__all__ = ["Edge", "PCGraph", "ValueNode"]

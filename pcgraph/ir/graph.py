@@ -1,0 +1,346 @@
+"""The graph IR: :class:`ValueNode`, :class:`Edge` and :class:`PCGraph`.
+
+A PC graph is a DAG. Every node holds a value ``x_v`` of shape ``[B, *shape]``; every
+edge ``p -> c`` contributes ``op(f(x_p))`` to ``mu_c``, the sum of a node's incoming
+contributions. Inputs are clamped to data, outputs (sinks) to targets while learning.
+
+:meth:`PCGraph.lint` checks every invariant and raises a :class:`GraphError` that names
+the spec path of the offending node or edge (``model.edges[2].to``), so messages line up
+with the YAML a user wrote. Passes keep what they derive in ``meta``.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from ..errors import GraphError, SpecError
+from ..ops import ACTIVATIONS, OPS
+from ..ops.base import check_options
+
+ROLES = ("input", "hidden", "output")
+
+
+@dataclass
+class ValueNode:
+    """A value node ``x_v``. ``kind`` is ``value`` or ``relay`` (inserted by the compiler)."""
+
+    name: str
+    shape: tuple[int, ...] | None = None
+    role: str = "hidden"
+    kind: str = "value"
+    meta: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def to_dict(self) -> dict:
+        d: dict[str, Any] = {"name": self.name}
+        if self.shape is not None:
+            d["shape"] = list(self.shape)
+        if self.role != "hidden":
+            d["role"] = self.role
+        if self.kind != "value":
+            d["kind"] = self.kind
+        return d
+
+
+@dataclass
+class Edge:
+    """``src -> dst`` computing ``op(activation(x_src))``; ``param`` names a shared parameter."""
+
+    src: str
+    dst: str
+    op: str = "linear"
+    activation: str = "identity"
+    bias: bool = False
+    param: str | None = None
+    options: dict = field(default_factory=dict)
+    kind: str = "edge"
+    meta: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def key(self) -> str:
+        """Name of the parameter group this edge uses (shared edges share a key)."""
+        return self.param or f"{self.src}_to_{self.dst}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.src}->{self.dst}"
+
+    def to_dict(self) -> dict:
+        d: dict[str, Any] = {"from": self.src, "to": self.dst, "op": self.op}
+        if self.activation != "identity":
+            d["activation"] = self.activation
+        d["bias"] = bool(self.bias)
+        if self.param is not None:
+            d["param"] = self.param
+        if self.kind != "edge":
+            d["kind"] = self.kind
+        d.update(self.options)
+        return d
+
+
+class PCGraph:
+    """A directed acyclic graph of value nodes and edges, kept in declaration order."""
+
+    def __init__(self, nodes: Iterable[ValueNode] = (), edges: Iterable[Edge] = ()):
+        self.nodes: dict[str, ValueNode] = {}
+        self.edges: list[Edge] = []
+        for n in nodes:
+            self.add_node(n)
+        for e in edges:
+            self.add_edge(e)
+
+    # ---- construction ---------------------------------------------------------------
+    def add_node(self, node: ValueNode) -> ValueNode:
+        where = f"model.nodes[{len(self.nodes)}]"
+        if not isinstance(node.name, str) or not node.name:
+            raise SpecError("a node needs a non-empty string 'name'", f"{where}.name")
+        if node.name in self.nodes:
+            raise SpecError(f"duplicate node name {node.name!r}", f"{where}.name")
+        if node.role not in ROLES:
+            raise SpecError(f"unknown role {node.role!r} (known: {', '.join(ROLES)})", f"{where}.role")
+        if node.shape is not None:
+            shape = node.shape
+            if isinstance(shape, int):
+                shape = (shape,)
+            if not isinstance(shape, (list, tuple)) or not shape or not all(
+                    isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape):
+                raise SpecError(f"shape must be a non-empty list of positive integers, got {node.shape!r}",
+                                f"{where}.shape")
+            node.shape = tuple(shape)
+        self.nodes[node.name] = node
+        return node
+
+    def add_edge(self, edge: Edge) -> Edge:
+        where = f"model.edges[{len(self.edges)}]"
+        OPS.get(edge.op, f"{where}.op")
+        ACTIVATIONS.get(edge.activation, f"{where}.activation")
+        op_cls = OPS.get(edge.op)
+        check_options(op_cls, edge.options, where)
+        if edge.bias and not op_cls.supports_bias:
+            raise SpecError(f"op {edge.op!r} has no bias (use bias: false)", f"{where}.bias")
+        self.edges.append(edge)
+        return edge
+
+    def copy(self) -> "PCGraph":
+        return copy.deepcopy(self)
+
+    # ---- queries ----------------------------------------------------------------------
+    def where_edge(self, edge: Edge) -> str:
+        return f"model.edges[{self.edges.index(edge)}]"
+
+    def where_node(self, name: str) -> str:
+        return f"model.nodes[{list(self.nodes).index(name)}]"
+
+    @property
+    def inputs(self) -> list[str]:
+        return [n for n, v in self.nodes.items() if v.role == "input"]
+
+    @property
+    def outputs(self) -> list[str]:
+        return [n for n, v in self.nodes.items() if v.role == "output"]
+
+    @property
+    def hidden(self) -> list[str]:
+        return [n for n, v in self.nodes.items() if v.role == "hidden"]
+
+    def in_edges(self, name: str) -> list[Edge]:
+        return [e for e in self.edges if e.dst == name]
+
+    def out_edges(self, name: str) -> list[Edge]:
+        return [e for e in self.edges if e.src == name]
+
+    def parents(self, name: str) -> list[str]:
+        return [e.src for e in self.in_edges(name)]
+
+    def children(self, name: str) -> list[str]:
+        return [e.dst for e in self.out_edges(name)]
+
+    def topological_order(self) -> list[str]:
+        """Kahn's algorithm over in-degrees, ties broken by declaration order."""
+        indeg = {n: 0 for n in self.nodes}
+        for e in self.edges:
+            indeg[e.dst] += 1
+        ready = [n for n in self.nodes if indeg[n] == 0]
+        order: list[str] = []
+        while ready:
+            n = ready.pop(0)
+            order.append(n)
+            for e in self.out_edges(n):
+                indeg[e.dst] -= 1
+                if indeg[e.dst] == 0:
+                    ready.append(e.dst)
+        if len(order) != len(self.nodes):
+            cycle = self._find_cycle({n for n in self.nodes if n not in order})
+            raise GraphError(f"the graph has a cycle: {' -> '.join(cycle)} "
+                             "(a PC graph must be acyclic; unroll recurrences over time)", "model.edges")
+        return order
+
+    def _find_cycle(self, candidates: set[str]) -> list[str]:
+        succ = {n: [e.dst for e in self.out_edges(n) if e.dst in candidates] for n in candidates}
+        start = next(n for n in self.nodes if n in candidates)
+        path, seen = [start], {start: 0}
+        while True:
+            nxt = succ[path[-1]][0]
+            if nxt in seen:
+                return path[seen[nxt]:] + [nxt]
+            seen[nxt] = len(path)
+            path.append(nxt)
+
+    def distances_to_outputs(self) -> dict[str, tuple[int, int]]:
+        """``(shortest, longest)`` number of edges from each node to any output.
+
+        Nodes that reach no output get ``None``-free entries only if they reach one; call
+        :meth:`lint` first, which rejects nodes that reach none.
+        """
+        dist: dict[str, tuple[int, int]] = {}
+        for n in reversed(self.topological_order()):
+            if self.nodes[n].role == "output":
+                dist[n] = (0, 0)
+                continue
+            ds = [dist[c] for c in self.children(n) if c in dist]
+            if ds:
+                dist[n] = (1 + min(d[0] for d in ds), 1 + max(d[1] for d in ds))
+        return dist
+
+    # ---- validation -----------------------------------------------------------------
+    def lint(self) -> None:
+        """Check every invariant of a trainable PC graph; raise a located GraphError."""
+        names = list(self.nodes)
+        for i, e in enumerate(self.edges):
+            for end, attr in ((e.src, "from"), (e.dst, "to")):
+                if end not in self.nodes:
+                    raise GraphError(f"edge end {end!r} is not a node (known: {', '.join(names)})",
+                                     f"model.edges[{i}].{attr}")
+            if e.src == e.dst:
+                raise GraphError(f"self-loop on {e.src!r} (a PC graph must be acyclic)", f"model.edges[{i}]")
+        seen: dict[tuple[str, str], int] = {}
+        for i, e in enumerate(self.edges):
+            if (e.src, e.dst) in seen:
+                raise GraphError(f"duplicate edge {e.label} (also edges[{seen[(e.src, e.dst)]}]); "
+                                 "several contributions between two nodes need an intermediate node",
+                                 f"model.edges[{i}]")
+            seen[(e.src, e.dst)] = i
+        if not self.inputs:
+            raise GraphError("the graph has no input node (give one node role: input)", "model.nodes")
+        if not self.outputs:
+            raise GraphError("the graph has no output node (give one node role: output)", "model.nodes")
+        for i, e in enumerate(self.edges):
+            if self.nodes[e.dst].role == "input":
+                raise GraphError(f"edge into input node {e.dst!r}: inputs are clamped to data and "
+                                 "cannot have incoming edges", f"model.edges[{i}].to")
+            if self.nodes[e.src].role == "output":
+                raise GraphError(f"output node {e.src!r} is not a sink: an output is clamped to its "
+                                 "target while learning and must not feed other nodes "
+                                 "(add a hidden node before it and take the branch from there)",
+                                 f"model.edges[{i}].from")
+        self.topological_order()  # raises on cycles
+        for n, v in self.nodes.items():
+            if v.role != "input" and not self.in_edges(n):
+                raise GraphError(f"node {n!r} has no incoming edge (only inputs may be sources)",
+                                 self.where_node(n))
+        dist = self.distances_to_outputs()
+        for n, v in self.nodes.items():
+            if n not in dist:
+                raise GraphError(f"node {n!r} reaches no output, so no error ever reaches it "
+                                 "(connect it to an output or remove it)", self.where_node(n))
+        self.infer_shapes()
+        self._check_shared_params()
+
+    def infer_shapes(self) -> None:
+        """Fill in omitted shapes from ops that imply them; check every edge's shapes."""
+        for n in self.topological_order():
+            node = self.nodes[n]
+            for e in self.in_edges(n):
+                src_shape = self.nodes[e.src].shape
+                where = self.where_edge(e)
+                if src_shape is None:
+                    raise GraphError(f"the shape of node {e.src!r} is unknown; give it a shape",
+                                     self.where_node(e.src))
+                op_cls = OPS.get(e.op)
+                if node.shape is None:
+                    inferred = op_cls.infer_out_shape(src_shape, e.options)
+                    if inferred is not None:
+                        node.shape = tuple(inferred)
+                        continue
+                    raise GraphError(f"the shape of node {n!r} cannot be inferred from op {e.op!r}; "
+                                     "give it a shape", self.where_node(n))
+                msg = op_cls.check_shapes(src_shape, node.shape, e.options)
+                if msg:
+                    raise GraphError(msg, where)
+
+    def make_op(self, e: Edge):
+        return OPS.get(e.op)(self.nodes[e.src].shape, self.nodes[e.dst].shape, e.bias, **e.options)
+
+    def _check_shared_params(self) -> None:
+        first: dict[str, tuple[int, Edge, dict]] = {}
+        for i, e in enumerate(self.edges):
+            shapes = self.make_op(e).param_shapes()
+            if e.param is None:
+                continue
+            if not shapes:
+                raise GraphError(f"op {e.op!r} has no parameters to share", f"model.edges[{i}].param")
+            if e.param in first:
+                j, other, other_shapes = first[e.param]
+                if other.op != e.op or other_shapes != shapes:
+                    desc = {k: list(v) for k, v in shapes.items()}
+                    odesc = {k: list(v) for k, v in other_shapes.items()}
+                    raise GraphError(f"parameter {e.param!r} is shared with edges[{j}] ({other.op} {odesc}) "
+                                     f"but this edge needs {e.op} {desc}", f"model.edges[{i}].param")
+            else:
+                first[e.param] = (i, e, shapes)
+        auto = {e.key for e in self.edges if e.param is None}
+        for name in first:
+            if name in auto:
+                raise GraphError(f"parameter name {name!r} collides with an edge's own parameter name",
+                                 "model.edges")
+
+    # ---- interchange ------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {"nodes": [n.to_dict() for n in self.nodes.values()],
+                "edges": [e.to_dict() for e in self.edges]}
+
+    def to_networkx(self):
+        """A ``networkx.DiGraph``: node attrs ``shape, role, kind``; edge attrs ``op,
+        activation, bias, param, kind, options, index`` (+ whatever passes put in ``meta``)."""
+        import networkx as nx
+
+        g = nx.DiGraph()
+        for n in self.nodes.values():
+            g.add_node(n.name, shape=list(n.shape) if n.shape else None, role=n.role, kind=n.kind,
+                       **{k: v for k, v in n.meta.items() if isinstance(v, (int, float, str, bool))})
+        for i, e in enumerate(self.edges):
+            g.add_edge(e.src, e.dst, op=e.op, activation=e.activation, bias=e.bias, param=e.param,
+                       kind=e.kind, options=dict(e.options), index=i,
+                       **{k: v for k, v in e.meta.items() if isinstance(v, (int, float, str, bool))})
+        return g
+
+    @classmethod
+    def from_networkx(cls, g) -> "PCGraph":
+        """Inverse of :meth:`to_networkx`; missing attributes take their defaults."""
+        graph = cls()
+        for name, attrs in g.nodes(data=True):
+            graph.add_node(ValueNode(str(name), attrs.get("shape"), attrs.get("role", "hidden"),
+                                     attrs.get("kind", "value")))
+        edges = sorted(g.edges(data=True), key=lambda t: t[2].get("index", 0))
+        for src, dst, a in edges:
+            graph.add_edge(Edge(str(src), str(dst), a.get("op", "linear"), a.get("activation", "identity"),
+                                bool(a.get("bias", False)), a.get("param"), dict(a.get("options") or {}),
+                                a.get("kind", "edge")))
+        return graph
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PCGraph) and list(self.nodes.values()) == list(other.nodes.values()) \
+            and self.edges == other.edges
+
+    def __repr__(self) -> str:
+        lines = [f"PCGraph({len(self.nodes)} nodes, {len(self.edges)} edges)"]
+        for n in self.nodes.values():
+            shape = list(n.shape) if n.shape else "?"
+            tag = "" if n.kind == "value" else f" [{n.kind}]"
+            lines.append(f"  node {n.name}: {shape} {n.role}{tag}")
+        for e in self.edges:
+            extra = f" param={e.param}" if e.param else ""
+            tag = "" if e.kind == "edge" else f" [{e.kind}]"
+            lines.append(f"  edge {e.label}: {e.op}({e.activation}){' +bias' if e.bias else ''}{extra}{tag}")
+        return "\n".join(lines)

@@ -1,0 +1,9 @@
+"""Op families, activations and losses, each registered by name."""
+
+from .activations import ACTIVATIONS, Activation, get_activation
+from .base import OPS, Op, get_op
+from . import identity, linear  # noqa: F401  (registration)
+from .losses import LOSSES, Loss, get_loss
+
+__all__ = ["ACTIVATIONS", "Activation", "get_activation", "OPS", "Op", "get_op",
+           "LOSSES", "Loss", "get_loss"]

@@ -1,0 +1,114 @@
+"""Activation functions ``f`` applied to an edge's *source* value, with explicit derivatives.
+
+An edge ``p -> c`` contributes ``op(f(x_p))``; the feedback it sends to ``p`` is
+``f'(x_p) * op^T(eps_c)``. ``f`` must be differentiable almost everywhere; ``df`` is
+written out here (never taken from autograd) so the predictive-coding dynamics are
+computed from the model's own equations.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..registry import Registry
+
+
+class Activation:
+    """``f`` and its elementwise derivative ``df(x) = f'(x)``."""
+
+    name: str = ""
+
+    def f(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def df(self, x: torch.Tensor, fx: torch.Tensor) -> torch.Tensor:
+        """Derivative at ``x``; ``fx = f(x)`` is passed in so it can be reused."""
+        raise NotImplementedError
+
+    is_identity = False
+
+
+ACTIVATIONS: Registry[Activation] = Registry("activation")
+
+
+@ACTIVATIONS.register("identity", "linear", "none")
+class Identity(Activation):
+    name = "identity"
+    is_identity = True
+
+    def f(self, x):
+        return x
+
+    def df(self, x, fx):
+        return torch.ones_like(x)
+
+
+@ACTIVATIONS.register("sigmoid")
+class Sigmoid(Activation):
+    name = "sigmoid"
+
+    def f(self, x):
+        return torch.sigmoid(x)
+
+    def df(self, x, fx):
+        return fx * (1 - fx)
+
+
+@ACTIVATIONS.register("tanh")
+class Tanh(Activation):
+    name = "tanh"
+
+    def f(self, x):
+        return torch.tanh(x)
+
+    def df(self, x, fx):
+        return 1 - fx * fx
+
+
+@ACTIVATIONS.register("relu")
+class ReLU(Activation):
+    name = "relu"
+
+    def f(self, x):
+        return torch.relu(x)
+
+    def df(self, x, fx):
+        return (x > 0).to(x.dtype)
+
+
+@ACTIVATIONS.register("leaky_relu")
+class LeakyReLU(Activation):
+    name = "leaky_relu"
+    slope = 0.01
+
+    def f(self, x):
+        return torch.nn.functional.leaky_relu(x, self.slope)
+
+    def df(self, x, fx):
+        return torch.where(x > 0, torch.ones_like(x), torch.full_like(x, self.slope))
+
+
+@ACTIVATIONS.register("softplus")
+class Softplus(Activation):
+    name = "softplus"
+
+    def f(self, x):
+        return torch.nn.functional.softplus(x)
+
+    def df(self, x, fx):
+        return torch.sigmoid(x)
+
+
+@ACTIVATIONS.register("elu")
+class ELU(Activation):
+    name = "elu"
+
+    def f(self, x):
+        return torch.nn.functional.elu(x)
+
+    def df(self, x, fx):
+        return torch.where(x > 0, torch.ones_like(x), fx + 1)
+
+
+def get_activation(name: str, where: str | None = None) -> Activation:
+    return ACTIVATIONS.get(name, where)()

@@ -1,0 +1,13 @@
+"""Learning rules, one per file, resolved by name through :data:`RULES`."""
+
+from .base import RULES, LearningRule, StepInfo
+from . import bp, il, zil  # noqa: F401  (registration)
+
+
+def make_rule(name: str, net, settings: dict | None = None, seed: int = 0,
+              where: str = "train.algorithm") -> LearningRule:
+    cls = RULES.get(name, f"{where}.name" if settings else where)
+    return cls(net, cls.parse_settings(settings or {}, where), seed)
+
+
+__all__ = ["RULES", "LearningRule", "StepInfo", "make_rule"]

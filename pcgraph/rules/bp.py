@@ -1,0 +1,16 @@
+"""``bp``: backpropagation by torch autograd on the feed-forward graph — the reference."""
+
+from __future__ import annotations
+
+from .base import RULES, LearningRule, StepInfo
+
+
+@RULES.register("bp", "backprop")
+class Backprop(LearningRule):
+    name = "bp"
+
+    def compute_grads(self, inputs, targets):
+        outputs = self.net(inputs)
+        loss = self.net.loss(outputs, targets)
+        loss.backward()
+        return StepInfo(float(loss.detach()), {k: v.detach() for k, v in outputs.items()})

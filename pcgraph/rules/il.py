@@ -1,0 +1,92 @@
+"""``il``: inference learning (Whittington & Bogacz 2017; Song et al. 2020, Alg. 1).
+
+Hidden values start at their feed-forward predictions (plus ``N(0, init_noise^2)``),
+the output is clamped to the target, the values relax for ``T`` steps of
+``x <- x + gamma * (-eps_v + sum_c J_cv^T eps_c)``, and edge ``p -> c`` takes its local
+update ``-(1/B) sum_b op^T eps_c`` at step ``update_at`` — one integer ``t_c`` for every
+edge, or ``depth`` for ``t = depth(c)`` (Z-IL's condition C2).
+
+Settings:
+    T (int, 20): inference steps.
+    gamma (float, 0.1): integration step (C3 is ``gamma = 1``).
+    update_at (int | "depth" | None): when to update; None means ``t_c = T``.
+    init_noise (float, 0): std of the noise on the initial hidden values (C1 is 0).
+    reference (bool, False): run the reference interpreter (every quantity, every step)
+        instead of the compiled plan; for testing, the results are the same.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..compile import build_plan, run_inference, run_reference
+from ..errors import SpecError
+from .base import RULES, LearningRule, StepInfo
+
+
+@dataclass
+class ILSettings:
+    T: int | None = 20
+    gamma: float = 0.1
+    update_at: int | str | None = None
+    init_noise: float = 0.0
+    reference: bool = False
+
+    def check(self, where: str = "train.algorithm") -> None:
+        if self.T is not None and self.T < 0:
+            raise SpecError(f"T must be >= 0, got {self.T}", f"{where}.T")
+        if isinstance(self.update_at, str) and self.update_at != "depth":
+            raise SpecError(f"update_at must be an integer step or 'depth', got {self.update_at!r}",
+                            f"{where}.update_at")
+        if isinstance(self.update_at, int) and self.update_at < 0:
+            raise SpecError(f"update_at must be >= 0, got {self.update_at}", f"{where}.update_at")
+        if self.gamma <= 0:
+            raise SpecError(f"gamma must be > 0, got {self.gamma}", f"{where}.gamma")
+        if self.init_noise < 0:
+            raise SpecError(f"init_noise must be >= 0, got {self.init_noise}", f"{where}.init_noise")
+
+
+@RULES.register("il")
+class InferenceLearning(LearningRule):
+    name = "il"
+    Settings = ILSettings
+
+    def __init__(self, net, settings=None, seed: int = 0):
+        super().__init__(net, settings, seed)
+        s = self.settings
+        cg = net.compiled
+        depth_max = max((cg.depth[e.dst] for i, e in enumerate(cg.edges) if cg.ops[i].param_shapes()), default=0)
+        if s.update_at == "depth":
+            T = depth_max if s.T is None else s.T
+            if T < depth_max:
+                raise SpecError(f"T = {T} is too short for update_at: depth (the deepest update is at "
+                                f"t = {depth_max})", "train.algorithm.T")
+            times = [cg.depth[e.dst] for e in cg.edges]
+        else:
+            T = s.T if s.T is not None else 20
+            t_c = T if s.update_at is None else s.update_at
+            if t_c > T:
+                raise SpecError(f"update_at = {t_c} is after the last inference step T = {T}",
+                                "train.algorithm.update_at")
+            times = [t_c] * len(cg.edges)
+        self.T = T
+        self.update_times = [t if cg.ops[i].param_shapes() else None for i, t in enumerate(times)]
+        self.plan = build_plan(cg, self.update_times, c1=(s.init_noise == 0))
+        self.generator = torch.Generator(device=net.device).manual_seed(seed + 7919)
+
+    def compute_grads(self, inputs, targets):
+        s = self.settings
+        if s.reference:
+            res = run_reference(self.net, self.update_times, inputs, targets, s.gamma, s.init_noise,
+                                self.generator, self.T)
+        else:
+            res = run_inference(self.net, self.plan, inputs, targets, s.gamma, s.init_noise, self.generator)
+        return StepInfo(float(res.loss), res.outputs)
+
+    def describe(self) -> str:
+        s = self.settings
+        head = (f"rule {self.name}: T={self.T} gamma={s.gamma} update_at={s.update_at if s.update_at is not None else self.T} "
+                f"init_noise={s.init_noise}{' (reference interpreter)' if s.reference else ''}")
+        return head + "\n" + self.plan.describe(self.net.compiled)

@@ -1,0 +1,308 @@
+"""The spec: graph + data + loss + training, as dataclasses with a builder API.
+
+A :class:`Spec` is what a YAML file, a Python dict, a networkx graph or builder calls
+produce. ``Spec.from_dict`` validates every key (unknown keys list the known ones) and
+``Spec.validate`` lints the graph; every error names its spec path, and, when the spec
+came from a file, the file and line.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import PCGraphError, SpecError
+from ..ir import Edge, PCGraph, ValueNode
+from ..ops import LOSSES
+from .overrides import apply_overrides
+from .yamlio import dump_yaml, load_yaml, locate
+
+TOP_KEYS = ("name", "description", "seed", "data", "model", "loss", "train")
+NODE_KEYS = ("name", "shape", "role", "kind")
+EDGE_KEYS = ("from", "to", "op", "activation", "bias", "param", "kind")
+
+
+def _check_keys(d: Any, known: tuple[str, ...], where: str, extra: tuple[str, ...] = ()) -> None:
+    if not isinstance(d, dict):
+        raise SpecError(f"expected a mapping, got {type(d).__name__} {d!r}", where or None)
+    for k in d:
+        if k not in known and k not in extra:
+            allowed = ", ".join(known + extra)
+            raise SpecError(f"unknown key {k!r} (known: {allowed})", f"{where}.{k}" if where else str(k))
+
+
+def _typed(value: Any, types: tuple[type, ...], where: str, what: str, positive: bool = False):
+    ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+    if ok and positive and value <= 0:
+        ok = False
+    if not ok:
+        raise SpecError(f"expected {what}, got {value!r}", where)
+    return value
+
+
+@dataclass
+class DataSpec:
+    """Which dataset, how to batch it, and where its files are (``root``; else ``$PCGRAPH_DATA``)."""
+
+    dataset: str = "digits"
+    batch_size: int = 32
+    test_batch_size: int = 1000
+    root: str | None = None
+    train_subset: int | None = None
+    test_subset: int | None = None
+    shuffle: bool = True
+
+    KEYS = ("dataset", "batch_size", "test_batch_size", "root", "train_subset", "test_subset", "shuffle")
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "DataSpec":
+        d = {} if d is None else d
+        _check_keys(d, cls.KEYS, "data")
+        out = cls(**d)
+        _typed(out.dataset, (str,), "data.dataset", "a dataset name")
+        for k in ("batch_size", "test_batch_size"):
+            _typed(getattr(out, k), (int,), f"data.{k}", "a positive integer", positive=True)
+        for k in ("train_subset", "test_subset"):
+            if getattr(out, k) is not None:
+                _typed(getattr(out, k), (int,), f"data.{k}", "a positive integer", positive=True)
+        return out
+
+
+@dataclass
+class AlgorithmSpec:
+    """A learning rule name and its settings (validated by the rule itself)."""
+
+    name: str = "bp"
+    settings: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_value(cls, v: Any) -> "AlgorithmSpec":
+        if isinstance(v, str):
+            return cls(v, {})
+        if isinstance(v, dict):
+            if "name" not in v:
+                raise SpecError("an algorithm mapping needs a 'name' (e.g. {name: il, T: 20})",
+                                "train.algorithm")
+            d = dict(v)
+            name = d.pop("name")
+            _typed(name, (str,), "train.algorithm.name", "a rule name")
+            return cls(name, d)
+        raise SpecError(f"expected a rule name or a mapping, got {v!r}", "train.algorithm")
+
+    def to_value(self):
+        return self.name if not self.settings else {"name": self.name, **self.settings}
+
+
+@dataclass
+class TrainSpec:
+    algorithm: AlgorithmSpec = field(default_factory=AlgorithmSpec)
+    epochs: int = 1
+    optimizer: dict = field(default_factory=lambda: {"name": "sgd", "lr": 0.01})
+    max_steps_per_epoch: int | None = None
+
+    KEYS = ("algorithm", "epochs", "optimizer", "max_steps_per_epoch")
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "TrainSpec":
+        d = {} if d is None else d
+        _check_keys(d, cls.KEYS, "train")
+        alg = AlgorithmSpec.from_value(d.get("algorithm", "bp"))
+        epochs = _typed(d.get("epochs", 1), (int,), "train.epochs", "a positive integer", positive=True)
+        opt = d.get("optimizer", {"name": "sgd", "lr": 0.01})
+        if isinstance(opt, str):
+            opt = {"name": opt}
+        if not isinstance(opt, dict) or "name" not in opt:
+            raise SpecError(f"expected an optimizer name or {{name: sgd, lr: 0.01}}, got {opt!r}",
+                            "train.optimizer")
+        msteps = d.get("max_steps_per_epoch")
+        if msteps is not None:
+            _typed(msteps, (int,), "train.max_steps_per_epoch", "a positive integer", positive=True)
+        return cls(alg, epochs, dict(opt), msteps)
+
+    def to_dict(self) -> dict:
+        d = {"algorithm": self.algorithm.to_value(), "epochs": self.epochs, "optimizer": dict(self.optimizer)}
+        if self.max_steps_per_epoch is not None:
+            d["max_steps_per_epoch"] = self.max_steps_per_epoch
+        return d
+
+
+@dataclass
+class Spec:
+    """Everything ``pcgraph run`` needs. Build with ``Spec.load``, ``Spec.from_dict`` or the
+    builder methods (``add_node``, ``add_edge``, ``set_data``, ``set_loss``, ``set_train``)."""
+
+    name: str = "unnamed"
+    seed: int = 0
+    description: str | None = None
+    data: DataSpec = field(default_factory=DataSpec)
+    model: PCGraph = field(default_factory=PCGraph)
+    loss: str | dict = "mse"
+    train: TrainSpec = field(default_factory=TrainSpec)
+    source: str | None = field(default=None, compare=False, repr=False)
+    locations: dict = field(default_factory=dict, compare=False, repr=False)
+
+    # ---- builder ----------------------------------------------------------------------
+    def add_node(self, name: str, shape=None, role: str = "hidden") -> "Spec":
+        self.model.add_node(ValueNode(name, shape, role))
+        return self
+
+    def add_edge(self, src: str, dst: str, op: str = "linear", activation: str = "identity",
+                 bias: bool = False, param: str | None = None, **options) -> "Spec":
+        self.model.add_edge(Edge(src, dst, op, activation, bias, param, options))
+        return self
+
+    def set_data(self, **kw) -> "Spec":
+        self.data = DataSpec.from_dict({**asdict(self.data), **kw})
+        return self
+
+    def set_loss(self, loss: str | dict) -> "Spec":
+        self.loss = loss
+        self._check_loss()
+        return self
+
+    def set_train(self, algorithm=None, **kw) -> "Spec":
+        d = self.train.to_dict()
+        if algorithm is not None:
+            d["algorithm"] = algorithm.to_value() if isinstance(algorithm, AlgorithmSpec) else algorithm
+        d.update(kw)
+        self.train = TrainSpec.from_dict(d)
+        return self
+
+    # ---- validation ---------------------------------------------------------------------
+    def _check_loss(self) -> None:
+        if isinstance(self.loss, str):
+            LOSSES.get(self.loss, "loss")
+        elif isinstance(self.loss, dict):
+            for out, name in self.loss.items():
+                LOSSES.get(name, f"loss.{out}")
+        else:
+            raise SpecError(f"expected a loss name or {{output: loss}}, got {self.loss!r}", "loss")
+
+    def loss_for(self, output: str) -> str:
+        return self.loss if isinstance(self.loss, str) else self.loss[output]
+
+    def validate(self) -> "Spec":
+        """Lint the graph and cross-check the loss against the outputs (located errors)."""
+        try:
+            self._check_loss()
+            self.model.lint()
+            if isinstance(self.loss, dict):
+                outs = self.model.outputs
+                for out in self.loss:
+                    if out not in outs:
+                        raise SpecError(f"{out!r} is not an output node (outputs: {', '.join(outs)})",
+                                        f"loss.{out}")
+                for out in outs:
+                    if out not in self.loss:
+                        raise SpecError(f"output {out!r} has no loss (give one per output)", "loss")
+        except PCGraphError as err:
+            raise self.locate(err) from None
+        return self
+
+    def locate(self, err: PCGraphError) -> PCGraphError:
+        """Attach this spec's file position to an error that names a spec path."""
+        if err.location is None and self.locations:
+            loc = locate(err.where, self.locations)
+            if loc:
+                return err.located(loc)
+        return err
+
+    # ---- interchange ----------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, d: dict, source: str | None = None, locations: dict | None = None) -> "Spec":
+        spec = cls(source=source, locations=locations or {})
+        try:
+            if d is None:
+                raise SpecError("the spec is empty")
+            _check_keys(d, TOP_KEYS, "")
+            spec.name = _typed(d.get("name", "unnamed"), (str,), "name", "a string")
+            spec.seed = _typed(d.get("seed", 0), (int,), "seed", "an integer")
+            spec.description = d.get("description")
+            spec.data = DataSpec.from_dict(d.get("data"))
+            model = d.get("model")
+            if model is None:
+                raise SpecError("the spec has no 'model' (with 'nodes' and 'edges')", "model")
+            _check_keys(model, ("nodes", "edges"), "model")
+            nodes, edges = model.get("nodes") or [], model.get("edges") or []
+            for key, seq in (("nodes", nodes), ("edges", edges)):
+                if not isinstance(seq, list):
+                    raise SpecError(f"expected a list, got {seq!r}", f"model.{key}")
+            for i, n in enumerate(nodes):
+                _check_keys(n, NODE_KEYS, f"model.nodes[{i}]")
+                if "name" not in n:
+                    raise SpecError("a node needs a 'name'", f"model.nodes[{i}]")
+                spec.model.add_node(ValueNode(str(n["name"]), n.get("shape"), n.get("role", "hidden"),
+                                              n.get("kind", "value")))
+            for i, e in enumerate(edges):
+                where = f"model.edges[{i}]"
+                if not isinstance(e, dict):
+                    raise SpecError(f"expected a mapping, got {e!r}", where)
+                for req in ("from", "to"):
+                    if req not in e:
+                        raise SpecError(f"an edge needs '{req}'", where)
+                options = {k: v for k, v in e.items() if k not in EDGE_KEYS}
+                bias = e.get("bias", False)
+                _typed(bias, (bool,), f"{where}.bias", "true or false")
+                spec.model.add_edge(Edge(str(e["from"]), str(e["to"]), e.get("op", "linear"),
+                                         e.get("activation", "identity"), bias, e.get("param"), options,
+                                         e.get("kind", "edge")))
+            spec.loss = d.get("loss", "mse")
+            spec.train = TrainSpec.from_dict(d.get("train"))
+        except PCGraphError as err:
+            raise spec.locate(err) from None
+        return spec.validate()
+
+    @classmethod
+    def from_yaml(cls, text: str, filename: str = "<string>", overrides: list[str] | None = None) -> "Spec":
+        data, locs = load_yaml(text, filename)
+        if overrides:
+            data = apply_overrides(data, overrides)
+        return cls.from_dict(data, filename, locs)
+
+    @classmethod
+    def load(cls, path: str | Path, overrides: list[str] | None = None) -> "Spec":
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise SpecError(f"cannot read the spec: {exc.strerror}", None, str(path)) from None
+        return cls.from_yaml(text, str(path), overrides)
+
+    def to_dict(self) -> dict:
+        d: dict[str, Any] = {"name": self.name, "seed": self.seed}
+        if self.description:
+            d["description"] = self.description
+        data = {k: v for k, v in asdict(self.data).items()
+                if v != getattr(DataSpec(), k) or k in ("dataset", "batch_size")}
+        d["data"] = data
+        d["model"] = self.model.to_dict()
+        d["loss"] = copy.deepcopy(self.loss)
+        d["train"] = self.train.to_dict()
+        return d
+
+    def to_yaml(self) -> str:
+        return dump_yaml(self.to_dict())
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_yaml())
+
+    def with_overrides(self, overrides: list[str]) -> "Spec":
+        return Spec.from_dict(apply_overrides(self.to_dict(), overrides), self.source, self.locations)
+
+    # ---- networkx -------------------------------------------------------------------------
+    def to_networkx(self):
+        g = self.model.to_networkx()
+        g.graph.update(name=self.name, seed=self.seed, data=asdict(self.data), loss=self.loss,
+                       train=self.train.to_dict())
+        return g
+
+    @classmethod
+    def from_networkx(cls, g, **overrides) -> "Spec":
+        """A spec from a networkx DiGraph (node/edge attributes as in ``PCGraph.to_networkx``;
+        ``g.graph`` may hold ``name, seed, data, loss, train``)."""
+        d = {k: g.graph[k] for k in ("name", "seed", "data", "loss", "train") if k in g.graph}
+        d.update(overrides)
+        d["model"] = PCGraph.from_networkx(g).to_dict()
+        return cls.from_dict(d)

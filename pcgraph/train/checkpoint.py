@@ -1,0 +1,34 @@
+"""Checkpoints: written atomically (temp file + ``os.replace``), so a run killed while
+saving never leaves a broken file; ``load_checkpoint`` checks that it fits the spec."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from ..errors import CheckpointError
+
+FORMAT = "pcgraph-checkpoint-1"
+
+
+def save_checkpoint(path: str | Path, state: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"format": FORMAT, **state}, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path, map_location=None) -> dict:
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except FileNotFoundError:
+        raise CheckpointError("no checkpoint here to resume from", None, str(path)) from None
+    except Exception as exc:
+        raise CheckpointError(f"cannot read the checkpoint: {exc}", None, str(path)) from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"not a pcgraph checkpoint (expected format {FORMAT})", None, str(path))
+    return state

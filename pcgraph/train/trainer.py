@@ -1,0 +1,178 @@
+"""Build everything a spec describes and train it.
+
+``Experiment`` assembles spec -> compiled graph -> network -> learning rule -> optimizer
+-> batches; ``Trainer.fit`` runs the epochs with a progress bar, one printed line and one
+``metrics.jsonl`` record per epoch, and an atomic checkpoint after every epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..compile import CompiledGraph, PCNetwork, compile_graph
+from ..data import GraphBatches, load_dataset
+from ..errors import CheckpointError, PCGraphError, SpecError
+from ..rules import LearningRule, make_rule
+from ..spec import Spec
+from .checkpoint import load_checkpoint, save_checkpoint
+from .optim import make_optimizer
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "float": torch.float32,
+          "double": torch.float64}
+
+
+def resolve_dtype(dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise SpecError(f"unknown dtype {dtype!r} (known: float32, float64)", "--dtype")
+    return DTYPES[dtype]
+
+
+def resolve_device(device) -> torch.device:
+    try:
+        dev = torch.device(device or "cpu")
+    except RuntimeError as exc:
+        raise SpecError(f"{exc}", "--device") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SpecError("CUDA is not available on this machine (use --device cpu)", "--device")
+    return dev
+
+
+@dataclass
+class Experiment:
+    spec: Spec
+    compiled: CompiledGraph
+    net: PCNetwork
+    rule: LearningRule
+    optimizer: torch.optim.Optimizer
+    batches: GraphBatches | None
+
+    @classmethod
+    def build(cls, spec: Spec, device="cpu", dtype="float32", with_data: bool = True,
+              net: PCNetwork | None = None) -> "Experiment":
+        try:
+            device, dtype = resolve_device(device), resolve_dtype(dtype)
+            compiled = compile_graph(spec.model, spec.loss) if net is None else net.compiled
+            if net is None:
+                net = PCNetwork(compiled, seed=spec.seed, device=device, dtype=dtype)
+            alg = spec.train.algorithm
+            rule = make_rule(alg.name, net, alg.settings, seed=spec.seed)
+            optimizer = make_optimizer(spec.train.optimizer, net.parameters())
+            batches = None
+            if with_data:
+                d = spec.data
+                splits = load_dataset(d.dataset, d.root, d.train_subset, d.test_subset)
+                batches = GraphBatches(splits, compiled, device, dtype, d.batch_size, d.test_batch_size,
+                                       d.shuffle, seed=spec.seed)
+        except PCGraphError as err:
+            raise spec.locate(err) from None
+        return cls(spec, compiled, net, rule, optimizer, batches)
+
+    def step(self, inputs, targets) -> float:
+        self.optimizer.zero_grad(set_to_none=True)
+        info = self.rule.compute_grads(inputs, targets)
+        self.optimizer.step()
+        return info.loss
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Test loss and accuracy of the feed-forward prediction (mean over outputs)."""
+        total, correct, loss_sum = 0, {o: 0 for o in self.compiled.graph.outputs}, 0.0
+        for inputs, targets, labels in self.batches.test():
+            outs = self.net(inputs)
+            loss_sum += float(self.net.loss(outs, targets)) * len(labels)
+            for o, mu in outs.items():
+                correct[o] += int((mu.reshape(len(labels), -1).argmax(1) == labels).sum())
+            total += len(labels)
+        acc = {o: c / total for o, c in correct.items()}
+        return {"test_loss": loss_sum / total, "test_accuracy": sum(acc.values()) / len(acc),
+                **({f"test_accuracy/{o}": a for o, a in acc.items()} if len(acc) > 1 else {})}
+
+
+@dataclass
+class Trainer:
+    exp: Experiment
+    out: Path | None = None
+    progress: bool = True
+    log: Callable[[str], None] = print
+    history: list = field(default_factory=list)
+    start_epoch: int = 0
+
+    def checkpoint_path(self) -> Path | None:
+        return self.out / "checkpoint.pt" if self.out else None
+
+    def state(self, epoch: int) -> dict:
+        return {"spec": self.exp.spec.to_dict(), "epoch": epoch, "model": self.exp.net.state_dict(),
+                "optimizer": self.exp.optimizer.state_dict(),
+                "batch_rng": self.exp.batches.generator.get_state(),
+                "rule_rng": getattr(self.exp.rule, "generator", None) and self.exp.rule.generator.get_state(),
+                "history": self.history}
+
+    def resume(self) -> None:
+        path = self.checkpoint_path()
+        state = load_checkpoint(path, map_location=self.exp.net.device)
+        saved = Spec.from_dict(state["spec"])
+        if saved.model != self.exp.spec.model:
+            raise CheckpointError("the checkpoint was written for a different model graph", None, str(path))
+        try:
+            self.exp.net.load_state_dict(state["model"])
+            self.exp.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise CheckpointError(f"the checkpoint does not fit this spec: {exc}", None, str(path)) from None
+        self.exp.batches.generator.set_state(state["batch_rng"])
+        if state.get("rule_rng") is not None and hasattr(self.exp.rule, "generator"):
+            self.exp.rule.generator.set_state(state["rule_rng"])
+        self.history = list(state.get("history", []))
+        self.start_epoch = int(state["epoch"])
+        self.log(f"resumed from {path} after epoch {self.start_epoch}")
+
+    def fit(self, epochs: int | None = None) -> list[dict]:
+        exp = self.exp
+        epochs = epochs or exp.spec.train.epochs
+        if self.out:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "spec.yaml").write_text(exp.spec.to_yaml())
+        limit = exp.spec.train.max_steps_per_epoch
+        steps = exp.batches.steps_per_epoch() if limit is None else min(limit, exp.batches.steps_per_epoch())
+        for epoch in range(self.start_epoch + 1, epochs + 1):
+            t0 = time.perf_counter()
+            bar = _progress(steps, f"epoch {epoch}/{epochs}", self.progress)
+            loss_sum, n = 0.0, 0
+            for k, (inputs, targets, labels) in enumerate(exp.batches.train()):
+                if k >= steps:
+                    break
+                loss_sum += exp.step(inputs, targets) * len(labels)
+                n += len(labels)
+                if bar is not None:
+                    bar.update(1)
+                    if k % 20 == 0:
+                        bar.set_postfix(loss=f"{loss_sum / n:.4f}")
+            if bar is not None:
+                bar.close()
+            train_seconds = time.perf_counter() - t0
+            record = {"epoch": epoch, "train_loss": loss_sum / max(n, 1), **exp.evaluate(),
+                      "seconds": train_seconds, "steps": steps}
+            self.history.append(record)
+            self.log(f"epoch {epoch:3d}/{epochs}  train loss {record['train_loss']:.4f}  "
+                     f"test loss {record['test_loss']:.4f}  test acc {record['test_accuracy']:.4f}  "
+                     f"{train_seconds:.2f}s")
+            if self.out:
+                with open(self.out / "metrics.jsonl", "a") as fh:
+                    fh.write(json.dumps(record) + "\n")
+                save_checkpoint(self.checkpoint_path(), self.state(epoch))
+        return self.history
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
