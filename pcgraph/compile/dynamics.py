@@ -64,11 +64,13 @@ def _accumulate(acc: dict, key: str, grads: dict[str, torch.Tensor]) -> None:
 
 
 def write_grads(net: PCNetwork, acc: dict, batch: int) -> None:
-    """Store ``dF/dtheta = -(1/B) * sum of the local updates`` in ``.grad`` (accumulating)."""
+    """Store ``dF/dtheta = -(1/B) * sum of the local updates`` in ``.grad`` (accumulating;
+    without the ``1/B`` under ``reduction: sum``)."""
+    scale = -1.0 / batch if net.compiled.reduction == "mean" else -1.0
     for key, group in acc.items():
         for name, g in group.items():
             p = net.params[key][name]
-            g = g.mul(-1.0 / batch)
+            g = g.mul(scale)
             p.grad = g if p.grad is None else p.grad + g
 
 

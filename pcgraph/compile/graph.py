@@ -68,6 +68,7 @@ class CompiledGraph:
     acts: list[Activation]
     losses: dict[str, object]
     param_edges: dict[str, list[int]] = field(default_factory=dict)
+    reduction: str = "mean"   # over the batch: mean or sum (of the loss and of the updates)
 
     @property
     def edges(self) -> list[Edge]:
@@ -114,7 +115,7 @@ class CompiledGraph:
         return "\n".join(lines)
 
 
-def compile_graph(graph: PCGraph, loss: str | dict = "mse") -> CompiledGraph:
+def compile_graph(graph: PCGraph, loss: str | dict = "mse", reduction: str = "mean") -> CompiledGraph:
     graph.lint()
     g = balance(graph)
     dist = g.distances_to_outputs()
@@ -129,7 +130,7 @@ def compile_graph(graph: PCGraph, loss: str | dict = "mse") -> CompiledGraph:
     ops = [g.make_op(e) for e in g.edges]
     acts = [get_activation(e.activation) for e in g.edges]
     losses = {o: get_loss(loss if isinstance(loss, str) else loss[o], "loss") for o in g.outputs}
-    cg = CompiledGraph(graph, g, order, depth, levels, ops, acts, losses)
+    cg = CompiledGraph(graph, g, order, depth, levels, ops, acts, losses, reduction=reduction)
     cg._in = {n: [] for n in g.nodes}
     cg._out = {n: [] for n in g.nodes}
     for i, e in enumerate(g.edges):

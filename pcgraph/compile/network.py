@@ -83,10 +83,12 @@ class PCNetwork(nn.Module):
         return {o: x[o] for o in self.compiled.graph.outputs}
 
     def loss(self, outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Sum over outputs of each output's batch-mean loss."""
+        """Sum over outputs of each output's loss, batch-mean (or batch-sum) reduced."""
         total = None
         for o, mu in outputs.items():
             term = self.compiled.losses[o].value(mu, targets[o])
+            if self.compiled.reduction == "sum":
+                term = term * mu.shape[0]
             total = term if total is None else total + term
         return total
 

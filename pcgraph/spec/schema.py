@@ -101,8 +101,9 @@ class TrainSpec:
     epochs: int = 1
     optimizer: dict = field(default_factory=lambda: {"name": "sgd", "lr": 0.01})
     max_steps_per_epoch: int | None = None
+    reduction: str = "mean"
 
-    KEYS = ("algorithm", "epochs", "optimizer", "max_steps_per_epoch")
+    KEYS = ("algorithm", "epochs", "optimizer", "reduction", "max_steps_per_epoch")
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "TrainSpec":
@@ -119,10 +120,15 @@ class TrainSpec:
         msteps = d.get("max_steps_per_epoch")
         if msteps is not None:
             _typed(msteps, (int,), "train.max_steps_per_epoch", "a positive integer", positive=True)
-        return cls(alg, epochs, dict(opt), msteps)
+        reduction = d.get("reduction", "mean")
+        if reduction not in ("mean", "sum"):
+            raise SpecError(f"unknown reduction {reduction!r} (known: mean, sum)", "train.reduction")
+        return cls(alg, epochs, dict(opt), msteps, reduction)
 
     def to_dict(self) -> dict:
         d = {"algorithm": self.algorithm.to_value(), "epochs": self.epochs, "optimizer": dict(self.optimizer)}
+        if self.reduction != "mean":
+            d["reduction"] = self.reduction
         if self.max_steps_per_epoch is not None:
             d["max_steps_per_epoch"] = self.max_steps_per_epoch
         return d

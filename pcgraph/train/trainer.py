@@ -59,7 +59,7 @@ class Experiment:
               net: PCNetwork | None = None) -> "Experiment":
         try:
             device, dtype = resolve_device(device), resolve_dtype(dtype)
-            compiled = compile_graph(spec.model, spec.loss) if net is None else net.compiled
+            compiled = compile_graph(spec.model, spec.loss, spec.train.reduction) if net is None else net.compiled
             if net is None:
                 net = PCNetwork(compiled, seed=spec.seed, device=device, dtype=dtype)
             alg = spec.train.algorithm
@@ -76,9 +76,12 @@ class Experiment:
         return cls(spec, compiled, net, rule, optimizer, batches)
 
     def step(self, inputs, targets) -> float:
+        """One update; returns the batch's loss per sample (whatever the reduction)."""
         self.optimizer.zero_grad(set_to_none=True)
         info = self.rule.compute_grads(inputs, targets)
         self.optimizer.step()
+        if self.compiled.reduction == "sum":
+            return info.loss / next(iter(inputs.values())).shape[0]
         return info.loss
 
     @torch.no_grad()
@@ -87,7 +90,8 @@ class Experiment:
         total, correct, loss_sum = 0, {o: 0 for o in self.compiled.graph.outputs}, 0.0
         for inputs, targets, labels in self.batches.test():
             outs = self.net(inputs)
-            loss_sum += float(self.net.loss(outs, targets)) * len(labels)
+            batch_loss = float(self.net.loss(outs, targets))
+            loss_sum += batch_loss if self.compiled.reduction == "sum" else batch_loss * len(labels)
             for o, mu in outs.items():
                 correct[o] += int((mu.reshape(len(labels), -1).argmax(1) == labels).sum())
             total += len(labels)

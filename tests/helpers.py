@@ -1,0 +1,66 @@
+"""Small float64 graphs and gradient comparisons shared by the tests."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from pcgraph import Spec, compile_graph
+from pcgraph.compile import PCNetwork
+from pcgraph.rules import make_rule
+
+
+def mlp_spec(hidden=(16, 16), act="sigmoid", bias=False, loss="mse", n_in=64, n_out=10,
+             algorithm="zil", optimizer=None, dataset="digits", batch_size=16, seed=3) -> Spec:
+    s = Spec(name="mlp", seed=seed)
+    sizes = [n_in, *hidden, n_out]
+    names = ["x"] + [f"h{i + 1}" for i in range(len(hidden))] + ["y"]
+    for i, (n, k) in enumerate(zip(names, sizes)):
+        s.add_node(n, [k], "input" if i == 0 else "output" if i == len(names) - 1 else "hidden")
+    for a, b in zip(names, names[1:]):
+        s.add_edge(a, b, "linear", act, bias)
+    s.set_data(dataset=dataset, batch_size=batch_size)
+    s.set_loss(loss)
+    s.set_train(algorithm=algorithm, epochs=1, optimizer=optimizer or {"name": "sgd", "lr": 0.05})
+    return s.validate()
+
+
+def graph_spec(nodes, edges, loss="mse") -> Spec:
+    """nodes: [(name, size, role)], edges: [(src, dst, kwargs)]."""
+    s = Spec(name="g", seed=0)
+    for name, size, role in nodes:
+        s.add_node(name, [size], role)
+    for src, dst, kw in edges:
+        s.add_edge(src, dst, **kw)
+    s.set_loss(loss)
+    return s.validate()
+
+
+def random_batch(cg, batch=5, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    inputs = {v: torch.randn(batch, *cg.graph.nodes[v].shape, generator=g, dtype=dtype) for v in cg.graph.inputs}
+    targets = {}
+    for o in cg.graph.outputs:
+        shape = cg.graph.nodes[o].shape
+        labels = torch.randint(0, shape[0], (batch,), generator=g)
+        targets[o] = cg.losses[o].target(labels, shape, dtype)
+    return inputs, targets
+
+
+def grads(net, rule_name, settings, inputs, targets, seed=0):
+    """One batch's parameter gradients under a rule, on a copy of ``net``."""
+    net = copy.deepcopy(net)
+    rule = make_rule(rule_name, net, settings, seed=seed)
+    rule.compute_grads(inputs, targets)
+    return {k: (p.grad.clone() if p.grad is not None else torch.zeros_like(p)) for k, p in net.named_parameters()}
+
+
+def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    scale = float(b.abs().max())
+    err = float((a - b).abs().max())
+    return err / scale if scale > 0 else err
+
+
+def network(spec: Spec, seed=1, dtype=torch.float64) -> PCNetwork:
+    return PCNetwork(compile_graph(spec.model, spec.loss, spec.train.reduction), seed=seed, dtype=dtype)
