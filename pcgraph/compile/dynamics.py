@@ -30,37 +30,42 @@ class _Values:
 
     def __init__(self, net: PCNetwork):
         self.cg = net.compiled
+        self.src = [e.src for e in self.cg.edges]
+        self.acts = self.cg.acts
         self.x: dict[str, torch.Tensor] = {}
-        self._f: dict[tuple[str, str], torch.Tensor] = {}
-        self._df: dict[tuple[str, str], torch.Tensor] = {}
+        self._f: dict[str, dict[str, torch.Tensor]] = {v: {} for v in self.cg.order}
+        self._df: dict[str, dict[str, torch.Tensor]] = {v: {} for v in self.cg.order}
 
     def set(self, v: str, value: torch.Tensor) -> None:
         self.x[v] = value
-        for cache in (self._f, self._df):
-            for k in [k for k in cache if k[0] == v]:
-                del cache[k]
+        self._f[v] = {}
+        self._df[v] = {}
 
     def f(self, i: int) -> torch.Tensor:
-        v, act = self.cg.edges[i].src, self.cg.acts[i]
-        key = (v, act.name)
-        out = self._f.get(key)
+        v, act = self.src[i], self.acts[i]
+        cache = self._f[v]
+        out = cache.get(act.name)
         if out is None:
-            out = self._f[key] = act.f(self.x[v])
+            out = cache[act.name] = act.f(self.x[v])
         return out
 
     def df(self, i: int) -> torch.Tensor:
-        v, act = self.cg.edges[i].src, self.cg.acts[i]
-        key = (v, act.name)
-        out = self._df.get(key)
+        v, act = self.src[i], self.acts[i]
+        cache = self._df[v]
+        out = cache.get(act.name)
         if out is None:
-            out = self._df[key] = act.df(self.x[v], self.f(i))
+            out = cache[act.name] = act.df(self.x[v], self.f(i))
         return out
 
 
 def _accumulate(acc: dict, key: str, grads: dict[str, torch.Tensor]) -> None:
+    """Sum local updates per parameter group (ops return fresh tensors: summed in place)."""
     group = acc.setdefault(key, {})
     for name, g in grads.items():
-        group[name] = g if name not in group else group[name] + g
+        if name in group:
+            group[name].add_(g)
+        else:
+            group[name] = g
 
 
 def write_grads(net: PCNetwork, acc: dict, batch: int) -> None:
@@ -70,8 +75,8 @@ def write_grads(net: PCNetwork, acc: dict, batch: int) -> None:
     for key, group in acc.items():
         for name, g in group.items():
             p = net.params[key][name]
-            g = g.mul(scale)
-            p.grad = g if p.grad is None else p.grad + g
+            g.mul_(scale)
+            p.grad = g if p.grad is None else p.grad.add_(g)
 
 
 @torch.no_grad()

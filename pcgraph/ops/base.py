@@ -70,6 +70,7 @@ class Op:
         raise NotImplementedError
 
     def vjp_params(self, params, u, g) -> dict[str, torch.Tensor]:
+        """Returns fresh tensors (never views of inputs): callers accumulate in place."""
         return {}
 
     def __repr__(self) -> str:
