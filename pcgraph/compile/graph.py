@@ -115,12 +115,16 @@ class CompiledGraph:
         return "\n".join(lines)
 
 
-def compile_graph(graph: PCGraph, loss: str | dict = "mse", reduction: str = "mean") -> CompiledGraph:
+def compile_graph(graph: PCGraph, loss: str | dict = "mse", reduction: str = "mean",
+                  balance_paths: bool = True) -> CompiledGraph:
+    """Lint, balance (unless ``balance_paths=False``: then a node's depth is its *longest*
+    distance, which is not exact for Z-IL on graphs with skips; for demonstrations) and
+    resolve every op, activation and loss."""
     graph.lint()
-    g = balance(graph)
+    g = balance(graph) if balance_paths else graph.copy()
     dist = g.distances_to_outputs()
     for n, (lo, hi) in dist.items():
-        if lo != hi and g.nodes[n].role != "input":
+        if balance_paths and lo != hi and g.nodes[n].role != "input":
             raise CompileError(f"internal error: node {n!r} is at distances {lo} and {hi} after balancing")
     depth = {n: d[1] for n, d in dist.items()}
     order = g.topological_order()
