@@ -18,6 +18,7 @@ EPILOG = """examples:
   pcgraph check graphs/mnist_mlp.yaml --algorithm zil --dtype float64 --steps 20
   pcgraph check graphs/mnist_mlp.yaml --algorithm zil --set train.algorithm.gamma=0.5
   pcgraph show graphs/residual_mlp.yaml --algorithm zil
+  pcgraph ablate graphs/mnist_mlp.yaml --out runs/ablation
 
 data: MNIST/FashionMNIST are read from data.root or $PCGRAPH_DATA (torchvision's layout)
 when set, else downloaded by torchvision."""
@@ -59,6 +60,24 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--steps", type=int, default=10, help="mini-batches (default 10)")
     check.add_argument("--dtype", default="float64", help="float64 (default) or float32")
     check.add_argument("--tol", type=float, help="tolerance (default 1e-10 for float64, 1e-4 for float32)")
+
+    abl = sub.add_parser("ablate", help="reproduce the seeds' ablations of Z-IL's conditions C1-C3 and Fa-Z-IL",
+                         description="Train MLPs with 1, 2, 3 hidden layers (the spec's width and activation) "
+                                     "with BP and with Z-IL under broken conditions from the same seed; write "
+                                     "DIR/ablation.csv and PNG plots and print a table. Defaults are short "
+                                     "(minutes on a CPU); --full uses the seeds' settings.")
+    _spec_args(abl)
+    abl.add_argument("--out", metavar="DIR", required=True, help="output folder")
+    abl.add_argument("--layers", default="1,2,3", help="hidden-layer counts (default 1,2,3)")
+    abl.add_argument("--epochs", type=int, default=3, help="epochs per run (default 3)")
+    abl.add_argument("--train-subset", type=int, default=2000, help="training samples (default 2000; 0 = all)")
+    abl.add_argument("--test-subset", type=int, default=2000, help="test samples (default 2000; 0 = all)")
+    abl.add_argument("--seeds", help="comma-separated seeds (default: the spec's)")
+    abl.add_argument("--conditions", default="C1,C2,C3,fazil", help="which ablations (default all)")
+    abl.add_argument("--fazil-batches", type=int, default=20, help="mini-batches for phi's detection rate")
+    abl.add_argument("--dtype", default="float64", help="float64 (default) or float32")
+    abl.add_argument("--full", action="store_true",
+                     help="the seeds' settings: 64 epochs, all data, seeds 1482555873,698841058,2283198659")
 
     show = sub.add_parser("show", help="print the spec's graph, compiled schedule and inference plan",
                           description="Validate a spec and print its graph, the compiled graph (depths, "
@@ -110,6 +129,25 @@ def cmd_check(args) -> int:
     return 0 if ok else 1
 
 
+def cmd_ablate(args) -> int:
+    from .studies import AblationConfig, run_ablation
+    from .studies.ablation import format_table
+
+    spec = load_spec(args)
+    ints = lambda text: [int(v) for v in text.split(",") if v.strip()]  # noqa: E731
+    cfg = AblationConfig(layers=ints(args.layers), epochs=args.epochs,
+                         train_subset=args.train_subset or None, test_subset=args.test_subset or None,
+                         seeds=ints(args.seeds) if args.seeds else None, fazil_batches=args.fazil_batches,
+                         dtype=args.dtype, device=args.device,
+                         conditions=[c.strip() for c in args.conditions.split(",")])
+    if args.full:
+        cfg.epochs, cfg.train_subset, cfg.test_subset = 64, None, None
+        cfg.seeds = [1482555873, 698841058, 2283198659]
+    rows = run_ablation(spec, args.out, cfg)
+    print(format_table(rows))
+    return 0
+
+
 def cmd_show(args) -> int:
     from .train import Experiment
 
@@ -129,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return {"run": cmd_run, "check": cmd_check, "show": cmd_show}[args.verb](args)
+        return {"run": cmd_run, "check": cmd_check, "ablate": cmd_ablate, "show": cmd_show}[args.verb](args)
     except PCGraphError as err:
         print(f"pcgraph {args.verb}: error: {err}", file=sys.stderr)
         return 2

@@ -56,7 +56,8 @@ class Experiment:
 
     @classmethod
     def build(cls, spec: Spec, device="cpu", dtype="float32", with_data: bool = True,
-              net: PCNetwork | None = None) -> "Experiment":
+              net: PCNetwork | None = None, splits=None) -> "Experiment":
+        """``splits``: an already loaded dataset to reuse (else ``spec.data`` is loaded)."""
         try:
             device, dtype = resolve_device(device), resolve_dtype(dtype)
             compiled = compile_graph(spec.model, spec.loss, spec.train.reduction) if net is None else net.compiled
@@ -68,7 +69,8 @@ class Experiment:
             batches = None
             if with_data:
                 d = spec.data
-                splits = load_dataset(d.dataset, d.root, d.train_subset, d.test_subset)
+                if splits is None:
+                    splits = load_dataset(d.dataset, d.root, d.train_subset, d.test_subset)
                 batches = GraphBatches(splits, compiled, device, dtype, d.batch_size, d.test_batch_size,
                                        d.shuffle, seed=spec.seed)
         except PCGraphError as err:
