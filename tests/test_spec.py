@@ -168,10 +168,6 @@ def test_unknown_edge_key_names_the_path():
     assert "'activaton'" in msg
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: an unknown edge key is reported as an unknown *op option* "
-    "(\"unknown option 'activaton' for op 'linear' (its options: none)\"); the edge keys "
-    "from, to, op, activation, bias, param, kind are not listed"))
 def test_unknown_edge_key_lists_the_edge_keys():
     d = base_dict()
     d["model"]["edges"][1]["activaton"] = "tanh"
@@ -342,10 +338,6 @@ def test_self_loop():
     assert "self-loop" in str(err)
 
 
-@pytest.mark.xfail(strict=True, raises=IndexError, reason=(
-    "BUG: PCGraph._find_cycle follows the first successor among *all* unsorted nodes, "
-    "including nodes downstream of the cycle; when that walk reaches a sink it indexes an "
-    "empty list and raises IndexError instead of a GraphError"))
 def test_cycle_with_an_exit_edge_declared_first():
     # b -> y is declared before b -> a, so the cycle search walks a -> b -> y (a sink).
     err = spec_error(cycle_dict([("x", "a"), ("a", "b"), ("b", "y"), ("b", "a")]))
@@ -674,10 +666,6 @@ def test_override_values_parse_as_yaml():
     assert out["model"]["nodes"][1]["shape"] == [16]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: values are parsed with PyYAML's YAML 1.1 resolver, where '1e-3' (no dot) is a "
-    "string, so 'lr: 1e-3' in a spec or '--set train.optimizer.lr=1e-3' reaches torch as a str "
-    "and fails with \"SGD: '<' not supported between instances of 'str' and 'float'\""))
 def test_scientific_notation_is_a_float(tmp_path):
     spec = Spec.from_yaml(BASE, overrides=["train.optimizer.lr=1e-3"])
     assert spec.train.optimizer["lr"] == pytest.approx(1e-3)
@@ -872,9 +860,11 @@ def test_spec_from_networkx_validates():
         Spec.from_networkx(g)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (minor): Spec.to_networkx does not store 'description' and from_networkx does not "
-    "read it, yet Spec.__eq__ compares it, so a spec with a description does not round trip"))
 def test_spec_networkx_round_trip_with_description():
     spec = built_spec()
     assert Spec.from_networkx(spec.to_networkx()) == spec
+
+
+def test_empty_file_names_the_file(tmp_path):
+    err, path = file_error(tmp_path, "# nothing here\n", "empty.yaml")
+    assert str(path) in str(err)

@@ -20,6 +20,7 @@ from ..ops import ACTIVATIONS, OPS
 from ..ops.base import check_options
 
 ROLES = ("input", "hidden", "output")
+EDGE_KEYS = ("from", "to", "op", "activation", "bias", "param", "kind")
 
 
 @dataclass
@@ -116,7 +117,7 @@ class PCGraph:
         OPS.get(edge.op, f"{where}.op")
         ACTIVATIONS.get(edge.activation, f"{where}.activation")
         op_cls = OPS.get(edge.op)
-        check_options(op_cls, edge.options, where)
+        check_options(op_cls, edge.options, where, common=EDGE_KEYS)
         if edge.bias and not op_cls.supports_bias:
             raise SpecError(f"op {edge.op!r} has no bias (use bias: false)", f"{where}.bias")
         self.edges.append(edge)
@@ -177,15 +178,18 @@ class PCGraph:
         return order
 
     def _find_cycle(self, candidates: set[str]) -> list[str]:
-        succ = {n: [e.dst for e in self.out_edges(n) if e.dst in candidates] for n in candidates}
+        """Every node Kahn could not order has a predecessor that it could not order either,
+        so walking predecessors from any of them must come back to a node on a cycle."""
+        pred = {n: [e.src for e in self.in_edges(n) if e.src in candidates] for n in candidates}
         start = next(n for n in self.nodes if n in candidates)
         path, seen = [start], {start: 0}
         while True:
-            nxt = succ[path[-1]][0]
-            if nxt in seen:
-                return path[seen[nxt]:] + [nxt]
-            seen[nxt] = len(path)
-            path.append(nxt)
+            prev = pred[path[-1]][0]
+            if prev in seen:
+                cycle = path[seen[prev]:] + [prev]
+                return list(reversed(cycle))
+            seen[prev] = len(path)
+            path.append(prev)
 
     def distances_to_outputs(self) -> dict[str, tuple[int, int]]:
         """``(shortest, longest)`` number of edges from each node to any output.

@@ -95,9 +95,10 @@ def get_op(name: str, where: str | None = None) -> type[Op]:
     return OPS.get(name, where)
 
 
-def check_options(op_cls: type[Op], options: dict, where: str) -> None:
+def check_options(op_cls: type[Op], options: dict, where: str, common: tuple[str, ...] = ()) -> None:
     for key in options:
         if key not in op_cls.options:
             known = ", ".join(op_cls.options) or "none"
-            raise SpecError(f"unknown option {key!r} for op {op_cls.name!r} (its options: {known})",
+            keys = f"edge keys: {', '.join(common)}; " if common else ""
+            raise SpecError(f"unknown key {key!r} ({keys}options of op {op_cls.name!r}: {known})",
                             f"{where}.{key}")

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from ..errors import SpecError
+from .yamlio import parse_yaml
 
 _TOKEN = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 
@@ -38,9 +39,10 @@ def set_path(data: dict, path: str, value: Any) -> None:
     for i, key in enumerate(parts):
         last = i == len(parts) - 1
         if isinstance(key, int):
-            if not isinstance(cur, list) or key >= len(cur):
-                n = len(cur) if isinstance(cur, list) else 0
-                raise SpecError(f"index {key} is out of range (the list has {n} items)", f"--set {path}")
+            if not isinstance(cur, list):
+                raise SpecError(f"[{key}] indexes something that is not a list", f"--set {path}")
+            if key >= len(cur):
+                raise SpecError(f"index {key} is out of range (the list has {len(cur)} items)", f"--set {path}")
             if last:
                 cur[key] = value
             else:
@@ -66,7 +68,7 @@ def apply_overrides(data: dict, sets: list[str] | None) -> dict:
             raise SpecError(f"expected KEY=VALUE, got {item!r}", "--set")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            value = parse_yaml(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
         set_path(data, key.strip(), value)

@@ -15,13 +15,13 @@ from typing import Any
 
 from ..errors import PCGraphError, SpecError
 from ..ir import Edge, PCGraph, ValueNode
+from ..ir.graph import EDGE_KEYS
 from ..ops import LOSSES
 from .overrides import apply_overrides
 from .yamlio import dump_yaml, load_yaml, locate
 
 TOP_KEYS = ("name", "description", "seed", "data", "model", "loss", "train")
 NODE_KEYS = ("name", "shape", "role", "kind")
-EDGE_KEYS = ("from", "to", "op", "activation", "bias", "param", "kind")
 
 
 def _check_keys(d: Any, known: tuple[str, ...], where: str, extra: tuple[str, ...] = ()) -> None:
@@ -263,6 +263,8 @@ class Spec:
     @classmethod
     def from_yaml(cls, text: str, filename: str = "<string>", overrides: list[str] | None = None) -> "Spec":
         data, locs = load_yaml(text, filename)
+        if data is None and not overrides:
+            raise SpecError("the spec is empty (it needs at least 'model' with nodes and edges)", None, filename)
         if overrides:
             data = apply_overrides(data, overrides)
         return cls.from_dict(data, filename, locs)
@@ -302,13 +304,15 @@ class Spec:
         g = self.model.to_networkx()
         g.graph.update(name=self.name, seed=self.seed, data=asdict(self.data), loss=self.loss,
                        train=self.train.to_dict())
+        if self.description:
+            g.graph["description"] = self.description
         return g
 
     @classmethod
     def from_networkx(cls, g, **overrides) -> "Spec":
         """A spec from a networkx DiGraph (node/edge attributes as in ``PCGraph.to_networkx``;
         ``g.graph`` may hold ``name, seed, data, loss, train``)."""
-        d = {k: g.graph[k] for k in ("name", "seed", "data", "loss", "train") if k in g.graph}
+        d = {k: g.graph[k] for k in ("name", "description", "seed", "data", "loss", "train") if k in g.graph}
         d.update(overrides)
         d["model"] = PCGraph.from_networkx(g).to_dict()
         return cls.from_dict(d)

@@ -7,11 +7,30 @@ the parser can still point at the line a user wrote.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import yaml
 
 from ..errors import SpecError
+
+
+class SpecLoader(yaml.SafeLoader):
+    """YAML 1.1 safe loading, plus floats without a dot (``1e-3``), as YAML 1.2 reads them."""
+
+
+SpecLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                |\.[0-9_]+(?:[eE][-+][0-9]+)?
+                |[-+]?\.(?:inf|Inf|INF)
+                |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def parse_yaml(text: str):
+    return yaml.load(text, Loader=SpecLoader)
 
 
 def _path(parent: str, key: Any) -> str:
@@ -36,8 +55,8 @@ def _walk(node: yaml.Node, path: str, filename: str, locs: dict[str, str]) -> No
 
 def load_yaml(text: str, filename: str = "<string>") -> tuple[Any, dict[str, str]]:
     try:
-        data = yaml.safe_load(text)
-        root = yaml.compose(text)
+        data = parse_yaml(text)
+        root = yaml.compose(text, Loader=SpecLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         loc = f"{filename}:{mark.line + 1}:{mark.column + 1}" if mark else filename
@@ -50,7 +69,10 @@ def load_yaml(text: str, filename: str = "<string>") -> tuple[Any, dict[str, str
 
 
 def locate(where: str | None, locs: dict[str, str]) -> str | None:
-    """The file position of ``where`` or of its nearest enclosing path."""
+    """The file position of ``where`` or of its nearest enclosing path (command-line
+    options such as ``--dtype`` have none)."""
+    if where and where.startswith("--"):
+        return None
     p = where
     while p:
         if p in locs:
