@@ -280,3 +280,17 @@ def test_check_passes_on_quickstart(capsys):
     assert rc == 0
     assert "max divergence:" in out
     assert out.strip().splitlines()[-1].startswith("PASS")
+
+
+@pytest.mark.parametrize("sets,code", [
+    ([], 0),
+    (["--set", "train.algorithm.gamma=0.5"], 1),
+    (["--set", "train.algorithm.update_at=3"], 1),
+    (["--algorithm", "fazil"], 0),
+    (["--algorithm", "il"], 1),
+])
+def test_check_exit_code_follows_the_conditions(capsys, sets, code):
+    rc, out, _ = run_cli(capsys, "check", QUICKSTART, "--steps", 3, "--dtype", "float64", *sets)
+    assert rc == code, out
+    div = float(re.search(r"max divergence: (\S+)", out).group(1))
+    assert (div <= 1e-10) == (code == 0)
