@@ -83,7 +83,6 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Validate a spec and print its graph, the compiled graph (depths, "
                                       "relays, update steps) and the rule's inference plan.")
     _spec_args(show)
-    show.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
     return parser
 
 

@@ -29,12 +29,12 @@ class _Values:
     """Node values with a cache of ``f(x)`` and ``f'(x)`` per (node, activation)."""
 
     def __init__(self, net: PCNetwork):
-        self.cg = net.compiled
-        self.src = [e.src for e in self.cg.edges]
-        self.acts = self.cg.acts
+        cg = net.compiled
+        self.src = [e.src for e in cg.edges]
+        self.acts = cg.acts
         self.x: dict[str, torch.Tensor] = {}
-        self._f: dict[str, dict[str, torch.Tensor]] = {v: {} for v in self.cg.order}
-        self._df: dict[str, dict[str, torch.Tensor]] = {v: {} for v in self.cg.order}
+        self._f: dict[str, dict[str, torch.Tensor]] = {v: {} for v in cg.order}
+        self._df: dict[str, dict[str, torch.Tensor]] = {v: {} for v in cg.order}
 
     def set(self, v: str, value: torch.Tensor) -> None:
         self.x[v] = value

@@ -122,7 +122,6 @@ class FullyAutonomousZIL(LearningRule):
         fired_right = {v: torch.zeros(shapes[v], device=dev, dtype=torch.bool) for v in self.learners}
         expected = {v: torch.zeros(shapes[v], device=dev, dtype=torch.bool) for v in self.learners}
         acc: dict = {}
-        outputs = None
 
         def learn(eps, t_learn):
             for v in free:
