@@ -24,8 +24,11 @@ def main() -> None:
 
     compiled = pcgraph.compile_graph(spec.model, spec.loss)
     cg = compiled.to_networkx()
-    for n, attrs in cg.nodes(data=True):
-        print(f"{n:8} kind={attrs['kind']:5} depth={attrs['depth']}")
+    for n, attrs in cg.nodes(data=True):     # value nodes, then one factor node per edge
+        if attrs["kind"] == "factor":
+            print(f"{n:12} factor {attrs['op']}, updates at t={attrs['update_step']}")
+        else:
+            print(f"{n:12} kind={attrs['kind']:5} depth={attrs['depth']}")
     report = check_against_bp(spec, steps=3, dtype="float64")
     print(report.format())
 

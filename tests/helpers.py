@@ -48,10 +48,10 @@ def random_batch(cg, batch=5, seed=0, dtype=torch.float64):
     return inputs, targets
 
 
-def grads(net, rule_name, settings, inputs, targets, seed=0):
+def grads(net, rule_name, settings, inputs, targets, seed=0, reduction="mean"):
     """One batch's parameter gradients under a rule, on a copy of ``net``."""
     net = copy.deepcopy(net)
-    rule = make_rule(rule_name, net, settings, seed=seed)
+    rule = make_rule(rule_name, net, settings, seed=seed, reduction=reduction)
     rule.compute_grads(inputs, targets)
     return {k: (p.grad.clone() if p.grad is not None else torch.zeros_like(p)) for k, p in net.named_parameters()}
 
@@ -63,4 +63,4 @@ def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def network(spec: Spec, seed=1, dtype=torch.float64) -> PCNetwork:
-    return PCNetwork(compile_graph(spec.model, spec.loss, spec.train.reduction), seed=seed, dtype=dtype)
+    return PCNetwork(compile_graph(spec.model, spec.loss), seed=seed, dtype=dtype)

@@ -115,7 +115,7 @@ def test_sum_reduction_is_exact_and_scales_by_batch():
     assert report.max_divergence <= 1e-10
     net_sum, net_mean = network(spec), network(mlp_spec((12,), act="sigmoid"))
     inputs, targets = random_batch(net_sum.compiled, batch=6)
-    g_sum = grads(net_sum, "zil", {}, inputs, targets)
+    g_sum = grads(net_sum, "zil", {}, inputs, targets, reduction="sum")
     g_mean = grads(net_mean, "zil", {}, inputs, targets)
     for k in g_sum:
         assert rel_diff(g_sum[k], 6 * g_mean[k]) <= 1e-12

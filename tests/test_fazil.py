@@ -48,7 +48,7 @@ def test_short_window_misfires_and_diverges():
     zil = grads(net, "zil", {}, inputs, targets)
     rates = {}
     for t_d in (1, 2, 3, 4):
-        got, rule = fazil(net, {"t_d": t_d}, inputs, targets)
+        got, rule = fazil(net, {"t_d": t_d, "trigger": "phi"}, inputs, targets)
         rates[t_d] = rule.stats.success_rate
         worst = max(rel_diff(got[k], zil[k]) for k in zil)
         if t_d < 4:

@@ -174,8 +174,11 @@ def test_equality_and_copy():
 def test_networkx_round_trip_of_a_skip_graph():
     g = skip_graph()
     nxg = g.to_networkx()
-    assert set(nxg.edges) == {(e.src, e.dst) for e in g.edges}
-    assert [nxg.edges[e.src, e.dst]["index"] for e in g.edges] == [0, 1, 2, 3, 4]
+    factors = [n for n, a in nxg.nodes(data=True) if a["kind"] == "factor"]
+    assert factors == [f"{e.label}#{i}" for i, e in enumerate(g.edges)]
+    assert set(nxg.edges) == {(e.src, f"{e.label}#{i}") for i, e in enumerate(g.edges)} | \
+        {(f"{e.label}#{i}", e.dst) for i, e in enumerate(g.edges)}
+    assert [nxg.nodes[f]["index"] for f in factors] == [0, 1, 2, 3, 4]
     assert PCGraph.from_networkx(nxg) == g
 
 

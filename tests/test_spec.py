@@ -805,13 +805,16 @@ def test_networkx_round_trip_of_the_graph():
     spec = built_spec()
     g = spec.model.to_networkx()
     assert isinstance(g, nx.DiGraph)
-    assert set(g.nodes) == {"x", "h1", "h2", "y"}
+    values = {n for n, a in g.nodes(data=True) if a["kind"] != "factor"}
+    assert values == {"x", "h1", "h2", "y"}
     assert g.nodes["x"]["role"] == "input" and g.nodes["x"]["shape"] == [64] and g.nodes["x"]["kind"] == "value"
     assert g.nodes["h1"]["role"] == "hidden"
-    attrs = g.edges["h1", "h2"]
+    attrs = g.nodes["h1->h2#1"]   # the edge h1 -> h2 is a factor node between them
+    assert list(g.predecessors("h1->h2#1")) == ["h1"] and list(g.successors("h1->h2#1")) == ["h2"]
+    assert g.edges["h1", "h1->h2#1"]["ports"] == [0]
     assert attrs["op"] == "linear" and attrs["activation"] == "tanh" and attrs["param"] == "shared"
-    assert attrs["bias"] is False and attrs["kind"] == "edge" and attrs["options"] == {} and attrs["index"] == 1
-    assert g.edges["x", "h1"]["bias"] is True
+    assert attrs["bias"] is False and attrs["edge_kind"] == "edge" and attrs["options"] == {} and attrs["index"] == 1
+    assert g.nodes["x->h1#0"]["bias"] is True
     back = PCGraph.from_networkx(g)
     assert back == spec.model
     assert list(back.nodes) == list(spec.model.nodes)
@@ -821,11 +824,12 @@ def test_networkx_round_trip_of_the_graph():
 def test_networkx_round_trip_keeps_edge_order_by_index():
     spec = Spec.load(QUICKSTART)
     g = spec.model.to_networkx()
-    # rebuild with the edges inserted in reverse; 'index' restores the declared order
+    # rebuild with nodes and arcs inserted in reverse; 'index' restores the declared order
     h = nx.DiGraph()
-    h.add_nodes_from(g.nodes(data=True))
+    h.add_nodes_from(reversed(list(g.nodes(data=True))))
     h.add_edges_from(reversed(list(g.edges(data=True))))
-    assert PCGraph.from_networkx(h) == spec.model
+    back = PCGraph.from_networkx(h)
+    assert back.edges == spec.model.edges
 
 
 def test_spec_networkx_round_trip():

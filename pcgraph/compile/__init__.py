@@ -1,11 +1,12 @@
-"""Compiler: graph passes (depth, relays), the network's parameters, the inference plan
-and the programs that run it (compiled and reference)."""
+"""Compiler: graph passes (depth, relays), the network's parameters, the PC kernel, the
+inference plan and the programs that run it (compiled executor and reference interpreter)."""
 
-from .dynamics import InferenceResult, run_inference
+from .executor import InferenceResult, feedforward, run_plan
 from .graph import CompiledGraph, balance, compile_graph
 from .interpreter import run_reference
+from .kernel import PCKernel
 from .network import PCNetwork
-from .plan import InferencePlan, build_plan
+from .plan import EVERY, InferencePlan, build_full_plan, build_plan
 
-__all__ = ["CompiledGraph", "InferencePlan", "InferenceResult", "PCNetwork", "balance", "build_plan",
-           "compile_graph", "run_inference", "run_reference"]
+__all__ = ["EVERY", "CompiledGraph", "InferencePlan", "InferenceResult", "PCKernel", "PCNetwork", "balance",
+           "build_full_plan", "build_plan", "compile_graph", "feedforward", "run_plan", "run_reference"]

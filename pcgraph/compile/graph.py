@@ -4,10 +4,10 @@
 needs every hidden node to sit at a *single* distance from the outputs (then the error
 of a node at depth ``l`` equals BP's delta at inference step ``t = l``). On a DAG with
 skip edges that is not so, and updating by the shortest or the longest distance is not
-exact (BRIEF section 4). :func:`balance` restores the property: an edge ``p -> c`` from a
-hidden node with ``depth(p) > depth(c) + 1`` is replaced by a chain of
-``depth(p) - depth(c) - 1`` identity *relay* value nodes, like registers that balance a
-pipeline. Relays are ordinary PC value nodes with parameter-free identity edges; they
+exact (BRIEF section 4). :func:`balance` restores the property: a source ``p`` of an edge
+into ``c`` (every source of a multi-input edge on its own) with ``depth(p) > depth(c) + 1``
+is read through a chain of ``depth(p) - depth(c) - 1`` identity *relay* value nodes, like
+registers that balance a pipeline. Relays are ordinary PC value nodes with parameter-free identity edges; they
 carry the forward value unchanged and delay the error by one step each, so every hidden
 node then has one distance to the outputs. Edges out of *inputs* need no relays: an
 input is clamped, so its value is the same at every step.
@@ -19,33 +19,46 @@ from dataclasses import dataclass, field
 
 from ..errors import CompileError
 from ..ir import Edge, PCGraph, ValueNode
-from ..ops import get_activation, get_loss
+from ..ops import Loss, Objective, get_activation, get_loss
 from ..ops.activations import Activation
 from ..ops.base import Op
 
 
 def balance(graph: PCGraph) -> PCGraph:
-    """Return a copy of ``graph`` in which every hidden node has a single depth."""
+    """Return a copy of ``graph`` in which every hidden node has a single depth.
+
+    Each *source* of an edge is balanced on its own: source ``p`` of an edge into ``c`` with
+    ``gap = depth(p) - depth(c) - 1 > 0`` is read through the relay ``p~gap``, the end of one
+    identity chain ``p -> p~1 -> p~2 -> ..`` shared by every edge that reads ``p`` late
+    (relay ``p~k`` sits at depth ``depth(p) - k``, so sharing keeps every depth single).
+    """
     g = graph.copy()
     dist = g.distances_to_outputs()
     depth = {n: d[1] for n, d in dist.items()}
+    chain: dict[str, int] = {}          # hidden source -> relays built so far
+    relay_edges: list[Edge] = []
     new_edges: list[Edge] = []
+
+    def relay(src: str, gap: int) -> str:
+        for k in range(chain.get(src, 0) + 1, gap + 1):
+            name, prev = f"{src}~{k}", (src if k == 1 else f"{src}~{k - 1}")
+            g.nodes[name] = ValueNode(name, g.nodes[src].shape, "hidden", "relay", meta={"relay_of": src})
+            relay_edges.append(Edge(prev, name, "identity", "identity", False, None, {}, "relay",
+                                    meta={"relay_of": src}))
+            chain[src] = k
+        return f"{src}~{gap}"
+
     for e in g.edges:
-        gap = depth[e.src] - depth[e.dst] - 1
-        if gap <= 0 or g.nodes[e.src].role == "input":
+        sources = []
+        for src in e.sources:
+            gap = depth[src] - depth[e.dst] - 1
+            sources.append(src if gap <= 0 or g.nodes[src].role == "input" else relay(src, gap))
+        if sources == list(e.sources):
             new_edges.append(e)
-            continue
-        prev = e.src
-        for k in range(1, gap + 1):
-            name = f"{e.src}~{e.dst}.{k}"
-            g.nodes[name] = ValueNode(name, g.nodes[e.src].shape, "hidden", "relay",
-                                      meta={"relay_of": e.label})
-            new_edges.append(Edge(prev, name, "identity", "identity", False, None, {}, "relay",
-                                  meta={"relay_of": e.label}))
-            prev = name
-        new_edges.append(Edge(prev, e.dst, e.op, e.activation, e.bias, e.param or e.key,
-                              dict(e.options), e.kind, meta={**e.meta, "relayed_from": e.src}))
-    g.edges = new_edges
+        else:
+            new_edges.append(Edge(sources, e.dst, e.op, e.activation, e.bias, e.param or e.key, dict(e.options),
+                                  e.kind, meta={**e.meta, "relayed_from": ",".join(e.sources)}))
+    g.edges = relay_edges + new_edges
     return g
 
 
@@ -54,9 +67,11 @@ class CompiledGraph:
     """A linted, balanced graph with everything the programs need resolved.
 
     ``order``: topological order; ``depth[v]``: distance to the outputs (single after
-    balancing); ``levels[l]``: nodes at depth ``l``; ``ops``/``acts``: per-edge op and
-    activation objects; ``losses``: per-output loss; ``param_edges``: parameter key ->
-    edges that use it (shared parameters sum their updates over these edges).
+    balancing); ``levels[l]``: nodes at depth ``l``; ``ops[i]``: edge ``i``'s op;
+    ``acts[i]``: one activation per source of edge ``i``; ``losses``: per-output loss;
+    ``param_edges``: parameter key -> edges that use it (shared parameters sum their
+    updates over these edges). ``out_edges(v)`` lists ``(edge, position)`` pairs: edge
+    ``i`` reads ``v`` as its source number ``k``.
     """
 
     source: PCGraph
@@ -65,10 +80,20 @@ class CompiledGraph:
     depth: dict[str, int]
     levels: list[list[str]]
     ops: list[Op]
-    acts: list[Activation]
-    losses: dict[str, object]
+    acts: list[tuple[Activation, ...]]
+    losses: dict[str, Loss]
     param_edges: dict[str, list[int]] = field(default_factory=dict)
-    reduction: str = "mean"   # over the batch: mean or sum (of the loss and of the updates)
+
+    def __post_init__(self):
+        g = self.graph
+        self._in: dict[str, list[int]] = {n: [] for n in g.nodes}
+        self._out: dict[str, list[tuple[int, int]]] = {n: [] for n in g.nodes}
+        for i, e in enumerate(g.edges):
+            self._in[e.dst].append(i)
+            for k, src in enumerate(e.sources):
+                self._out[src].append((i, k))
+            if self.ops[i].param_shapes():
+                self.param_edges.setdefault(e.key, []).append(i)
 
     @property
     def edges(self) -> list[Edge]:
@@ -81,15 +106,22 @@ class CompiledGraph:
     def in_edges(self, v: str) -> list[int]:
         return self._in[v]
 
-    def out_edges(self, v: str) -> list[int]:
+    def out_edges(self, v: str) -> list[tuple[int, int]]:
         return self._out[v]
 
     def role(self, v: str) -> str:
         return self.graph.nodes[v].role
 
+    def has_params(self, i: int) -> bool:
+        return bool(self.ops[i].param_shapes())
+
+    def objective(self, reduction: str = "mean") -> Objective:
+        return Objective(self.losses, reduction)
+
     def to_networkx(self):
-        """The compiled graph (relays marked ``kind='relay'``) with ``depth`` on every node
-        and ``update_step`` (Z-IL's ``t = depth(dst)``) on every edge."""
+        """The compiled graph in the factor encoding (relays ``kind='relay'``), with
+        ``depth`` on every value node and ``update_step`` (Z-IL's ``t = depth(dst)``) on
+        every factor node."""
         for n in self.graph.nodes.values():
             n.meta["depth"] = self.depth[n.name]
         for e in self.graph.edges:
@@ -109,14 +141,14 @@ class CompiledGraph:
             op = self.ops[i]
             params = f" params={e.key}" if op.param_shapes() else ""
             tag = " [relay]" if e.kind == "relay" else ""
-            lines.append(f"    {e.label}: {op!r} f={self.acts[i].name}{params} t={self.depth[e.dst]}{tag}")
+            f = ",".join(dict.fromkeys(a.name for a in self.acts[i]))
+            lines.append(f"    {e.label}: {op!r} f={f}{params} t={self.depth[e.dst]}{tag}")
         if self.n_relays:
             lines.append("  (* = relay value node inserted to balance path lengths; no parameters)")
         return "\n".join(lines)
 
 
-def compile_graph(graph: PCGraph, loss: str | dict = "mse", reduction: str = "mean",
-                  balance_paths: bool = True) -> CompiledGraph:
+def compile_graph(graph: PCGraph, loss: str | dict = "mse", balance_paths: bool = True) -> CompiledGraph:
     """Lint, balance (unless ``balance_paths=False``: then a node's depth is its *longest*
     distance, which is not exact for Z-IL on graphs with skips; for demonstrations) and
     resolve every op, activation and loss."""
@@ -132,14 +164,6 @@ def compile_graph(graph: PCGraph, loss: str | dict = "mse", reduction: str = "me
     for n in order:
         levels[depth[n]].append(n)
     ops = [g.make_op(e) for e in g.edges]
-    acts = [get_activation(e.activation) for e in g.edges]
+    acts = [tuple(get_activation(a) for a in e.activations) for e in g.edges]
     losses = {o: get_loss(loss if isinstance(loss, str) else loss[o], "loss") for o in g.outputs}
-    cg = CompiledGraph(graph, g, order, depth, levels, ops, acts, losses, reduction=reduction)
-    cg._in = {n: [] for n in g.nodes}
-    cg._out = {n: [] for n in g.nodes}
-    for i, e in enumerate(g.edges):
-        cg._in[e.dst].append(i)
-        cg._out[e.src].append(i)
-        if ops[i].param_shapes():
-            cg.param_edges.setdefault(e.key, []).append(i)
-    return cg
+    return CompiledGraph(graph, g, order, depth, levels, ops, acts, losses)

@@ -1,68 +1,66 @@
 """Reference interpreter: the full PC dynamics, every quantity at every step.
 
-The slow, obviously-right path the compiled plan is tested against. It recomputes every
-prediction and error at every step and moves every hidden value, exactly as the
-equations in :mod:`pcgraph.compile.plan` read, with no caching and no skipping.
+The slow, obviously-right path the compiled plan is tested against. It shares the
+equations (the :class:`PCKernel` a rule configures) and nothing else: no plan, no
+caches, no skipping. Every step recomputes every prediction and error, takes the
+updates due at that step, and moves every hidden value.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .dynamics import InferenceResult, _accumulate, write_grads
-from .network import PCNetwork
+from .kernel import PCKernel
 
 
 @torch.no_grad()
-def run_reference(net: PCNetwork, update_times: list[int | None], inputs: dict, targets: dict,
-                  gamma: float, init_noise: float = 0.0, generator: torch.Generator | None = None,
-                  T: int | None = None) -> InferenceResult:
-    cg = net.compiled
-    order, edges, acts = cg.order, cg.edges, cg.acts
+def run_reference(kernel: PCKernel, update_times: list, inputs: dict, targets: dict, T: int,
+                  init_noise: float = 0.0, generator: torch.Generator | None = None,
+                  start: dict | None = None):
+    """``update_times[i]``: an int step, ``"every"`` or None. ``start``: initial hidden
+    values (default: the feed-forward pass, plus ``init_noise``). Returns
+    ``(values, errors, updates)``."""
+    cg = kernel.cg
+    order, edges = cg.order, cg.edges
     role = {v: cg.role(v) for v in order}
-    if T is None:
-        T = max((t for t in update_times if t is not None), default=0)
 
-    def f_src(x, i):
-        return acts[i].f(x[edges[i].src])
-
-    def predictions(x):
-        return {c: net.predict(c, lambda i: f_src(x, i)) for c in order if role[c] != "input"}
+    def activated(x, i):
+        return [kernel.f(i, k, x[s]) for k, s in enumerate(edges[i].sources)]
 
     x: dict[str, torch.Tensor] = {}
-    for v in order:  # feed-forward pass
+    for v in order:
         if role[v] == "input":
             x[v] = inputs[v]
-        else:
-            x[v] = net.predict(v, lambda i: f_src(x, i))
-    outputs = {o: x[o] for o in cg.graph.outputs}
-    loss = net.loss(outputs, targets)
-    if init_noise:
-        for v in order:
-            if role[v] == "hidden":
-                noise = torch.randn(x[v].shape, generator=generator, device=x[v].device, dtype=x[v].dtype)
-                x[v] = x[v] + init_noise * noise
+        elif role[v] == "hidden":
+            x[v] = start[v] if start is not None else kernel.prediction(v, lambda i: activated(x, i))
+    if init_noise and start is None:
+        kernel.perturb(x, init_noise, generator)
 
     acc: dict = {}
     eps: dict[str, torch.Tensor] = {}
     for t in range(T + 1):
-        mu = predictions(x)
-        eps = {c: (cg.losses[c].error(mu[c], targets[c]) if role[c] == "output" else x[c] - mu[c])
-               for c in mu}
+        mu = {c: kernel.prediction(c, lambda i: activated(x, i)) for c in order if role[c] != "input"}
+        eps = {c: kernel.error(c, x.get(c), mu[c], targets.get(c)) for c in mu}
+        kernel.observe(t, eps, list(eps))
         for i, te in enumerate(update_times):
-            if te == t:
-                _accumulate(acc, edges[i].key, net.param_vjp(i, f_src(x, i), eps[edges[i].dst]))
+            if te == t or te == "every":
+                signal = kernel.learn_signal(i, t, eps[edges[i].dst])
+                if signal is not None:
+                    n = len(edges[i].sources)
+                    grads = kernel.edge_vjp(i, activated(x, i), signal, [False] * n, True)[1]
+                    kernel.accumulate(acc, edges[i].key, grads)
         if t == T:
             break
         new_x = dict(x)
         for v in order:
             if role[v] != "hidden":
                 continue
-            drive = -eps[v]
-            for i in cg.out_edges(v):
-                u = f_src(x, i)
-                drive = drive + net.feedback(i, u, acts[i].df(x[v], u), eps[edges[i].dst])
-            new_x[v] = x[v] + gamma * drive
+            messages = []
+            for i, k in cg.out_edges(v):
+                wanted = [j == k for j in range(len(edges[i].sources))]
+                g = kernel.edge_vjp(i, activated(x, i), eps[edges[i].dst], wanted, False)[0][k]
+                u = kernel.f(i, k, x[v])
+                messages.append(kernel.message(i, k, g, lambda i=i, k=k, u=u: kernel.df(i, k, x[v], u)))
+            new_x[v] = kernel.advance(v, x[v], mu[v], eps[v], kernel.aggregate(v, messages))
         x = new_x
-    write_grads(net, acc, next(iter(inputs.values())).shape[0])
-    return InferenceResult(loss.detach(), outputs, x, eps)
+    return x, eps, acc

@@ -1,17 +1,16 @@
-"""The parameters of a compiled graph and the per-edge primitives every program uses.
+"""The parameters of a compiled graph and its feed-forward pass.
 
 :class:`PCNetwork` is an ``nn.Module``: its ``state_dict`` holds one entry per parameter
-group (``params.<key>.weight``), shared edges share one group. Its ``forward`` is the
-feed-forward pass (differentiable, so the BP reference can call autograd on it); the
-three primitives below are what predictive coding computes locally at an edge
-``e = (p -> c)`` with ``u = f(x_p)``:
-
-- ``contribution(e, u)``            = ``op_e(u)``                        (into ``mu_c``)
-- ``feedback(e, u, df, eps_c)``     = ``f'(x_p) * op_e^T eps_c``         (into ``x_p``'s update)
-- ``param_vjp(e, u, eps_c)``        = ``sum_b op_e^T eps_c (wrt theta)`` (the local update)
+group (``params.<key>.weight``); shared edges share one group. ``predict`` is the
+model's one equation, ``mu_c = sum_{e: [p_1..p_n] -> c} op_e(f_1(x_p1), .., f_n(x_pn))``;
+``forward`` chains it in topological order (differentiable: the BP reference calls
+autograd on it) and the PC kernel (:mod:`pcgraph.compile.kernel`) calls it for the
+prediction of a node from the current values.
 """
 
 from __future__ import annotations
+
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -47,24 +46,25 @@ class PCNetwork(nn.Module):
             return p.dtype
         return torch.float32
 
-    # ---- primitives ---------------------------------------------------------------------
-    def contribution(self, i: int, u: torch.Tensor) -> torch.Tensor:
-        return self.compiled.ops[i].forward(self._edge_params[i], u)
+    def edge_params(self, i: int):
+        return self._edge_params[i]
 
-    def feedback(self, i: int, u: torch.Tensor, df: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        g = self.compiled.ops[i].vjp_input(self._edge_params[i], u, eps)
-        return g if self.compiled.acts[i].is_identity else df * g
+    def contribution(self, i: int, us: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``op_e(u_1, .., u_n)`` of edge ``i`` (``u_k = f_k(x_{p_k})``)."""
+        return self.compiled.ops[i].forward(self._edge_params[i], *us)
 
-    def param_vjp(self, i: int, u: torch.Tensor, eps: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.compiled.ops[i].vjp_params(self._edge_params[i], u, eps)
-
-    def predict(self, c: str, act_of) -> torch.Tensor:
-        """``mu_c = sum_e op_e(f_e(x_p))``; ``act_of(i)`` returns ``f_e(x_p)`` for edge ``i``."""
+    def predict(self, c: str, inputs_of: Callable[[int], Sequence[torch.Tensor]]) -> torch.Tensor:
+        """``mu_c = sum_e op_e(..)``; ``inputs_of(i)`` returns edge ``i``'s activated sources."""
         mu = None
         for i in self.compiled.in_edges(c):
-            term = self.contribution(i, act_of(i))
+            term = self.contribution(i, inputs_of(i))
             mu = term if mu is None else mu + term
         return mu
+
+    def activated(self, x: dict[str, torch.Tensor], i: int) -> list[torch.Tensor]:
+        """``[f_k(x_{p_k})]`` for edge ``i`` (no caching: the BP forward pass)."""
+        e = self.compiled.edges[i]
+        return [a.f(x[s]) for a, s in zip(self.compiled.acts[i], e.sources)]
 
     # ---- feed-forward pass ----------------------------------------------------------------
     def values(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -75,22 +75,12 @@ class PCNetwork(nn.Module):
             if cg.role(v) == "input":
                 x[v] = inputs[v]
             else:
-                x[v] = self.predict(v, lambda i: cg.acts[i].f(x[cg.edges[i].src]))
+                x[v] = self.predict(v, lambda i: self.activated(x, i))
         return x
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x = self.values(inputs)
         return {o: x[o] for o in self.compiled.graph.outputs}
-
-    def loss(self, outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Sum over outputs of each output's loss, batch-mean (or batch-sum) reduced."""
-        total = None
-        for o, mu in outputs.items():
-            term = self.compiled.losses[o].value(mu, targets[o])
-            if self.compiled.reduction == "sum":
-                term = term * mu.shape[0]
-            total = term if total is None else total + term
-        return total
 
     def extra_repr(self) -> str:
         n = sum(p.numel() for p in self.parameters())

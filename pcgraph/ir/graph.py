@@ -17,7 +17,7 @@ from typing import Any, Iterable
 
 from ..errors import GraphError, SpecError
 from ..ops import ACTIVATIONS, OPS
-from ..ops.base import check_options
+from ..ops.base import check_arity, check_options
 
 ROLES = ("input", "hidden", "output")
 EDGE_KEYS = ("from", "to", "op", "activation", "bias", "param", "kind")
@@ -46,31 +46,65 @@ class ValueNode:
 
 @dataclass
 class Edge:
-    """``src -> dst`` computing ``op(activation(x_src))``; ``param`` names a shared parameter."""
+    """``[src_1 .. src_n] -> dst`` computing ``op(f_1(x_src_1), .., f_n(x_src_n))``.
 
-    src: str
+    ``sources`` is ordered, like a torch.fx node's args (a single name is accepted and
+    becomes a one-tuple); ``activation`` is one name for every source or one per source
+    (kept as a single string when all agree). ``param`` names a shared parameter group.
+    """
+
+    sources: tuple[str, ...]
     dst: str
     op: str = "linear"
-    activation: str = "identity"
+    activation: str | tuple[str, ...] = "identity"
     bias: bool = False
     param: str | None = None
     options: dict = field(default_factory=dict)
     kind: str = "edge"
     meta: dict = field(default_factory=dict, compare=False, repr=False)
 
+    def __post_init__(self):
+        if isinstance(self.sources, (list, tuple)):
+            self.sources = tuple(self.sources)
+        else:
+            self.sources = (self.sources,)
+        if isinstance(self.activation, (list, tuple)):
+            acts = tuple(self.activation)
+            if len(acts) == len(self.sources) and len(set(acts)) == 1:
+                self.activation = acts[0]
+            else:
+                self.activation = acts
+
+    @property
+    def src(self) -> str:
+        """The source of a one-source edge."""
+        if len(self.sources) != 1:
+            raise AttributeError(f"edge {self.label} has {len(self.sources)} sources; use .sources")
+        return self.sources[0]
+
+    @property
+    def activations(self) -> tuple[str, ...]:
+        """One activation name per source."""
+        if isinstance(self.activation, tuple):
+            return self.activation
+        return (self.activation,) * len(self.sources)
+
     @property
     def key(self) -> str:
         """Name of the parameter group this edge uses (shared edges share a key)."""
-        return self.param or f"{self.src}_to_{self.dst}"
+        return self.param or f"{'+'.join(self.sources)}_to_{self.dst}"
 
     @property
     def label(self) -> str:
-        return f"{self.src}->{self.dst}"
+        if len(self.sources) == 1:
+            return f"{self.sources[0]}->{self.dst}"
+        return f"[{','.join(self.sources)}]->{self.dst}"
 
     def to_dict(self) -> dict:
-        d: dict[str, Any] = {"from": self.src, "to": self.dst, "op": self.op}
+        src = self.sources[0] if len(self.sources) == 1 else list(self.sources)
+        d: dict[str, Any] = {"from": src, "to": self.dst, "op": self.op}
         if self.activation != "identity":
-            d["activation"] = self.activation
+            d["activation"] = list(self.activation) if isinstance(self.activation, tuple) else self.activation
         d["bias"] = bool(self.bias)
         if self.param is not None:
             d["param"] = self.param
@@ -114,9 +148,17 @@ class PCGraph:
 
     def add_edge(self, edge: Edge) -> Edge:
         where = f"model.edges[{len(self.edges)}]"
-        OPS.get(edge.op, f"{where}.op")
-        ACTIVATIONS.get(edge.activation, f"{where}.activation")
-        op_cls = OPS.get(edge.op)
+        op_cls = OPS.get(edge.op, f"{where}.op")
+        srcs = edge.sources
+        if not srcs or not all(isinstance(n, str) and n for n in srcs):
+            raise SpecError(f"'from' needs a node name or a list of node names, got {list(srcs)!r}", f"{where}.from")
+        check_arity(op_cls, len(srcs), where)
+        acts = edge.activations
+        if len(acts) != len(srcs):
+            raise SpecError(f"give one activation for all sources or one per source ({len(srcs)}), "
+                            f"got {len(acts)}: {list(acts)}", f"{where}.activation")
+        for k, a in enumerate(acts):
+            ACTIVATIONS.get(a, f"{where}.activation" + (f"[{k}]" if isinstance(edge.activation, tuple) else ""))
         check_options(op_cls, edge.options, where, common=EDGE_KEYS)
         if edge.bias and not op_cls.supports_bias:
             raise SpecError(f"op {edge.op!r} has no bias (use bias: false)", f"{where}.bias")
@@ -149,26 +191,27 @@ class PCGraph:
         return [e for e in self.edges if e.dst == name]
 
     def out_edges(self, name: str) -> list[Edge]:
-        return [e for e in self.edges if e.src == name]
+        """Edges that have ``name`` among their sources."""
+        return [e for e in self.edges if name in e.sources]
 
     def parents(self, name: str) -> list[str]:
-        return [e.src for e in self.in_edges(name)]
+        return list(dict.fromkeys(p for e in self.in_edges(name) for p in e.sources))
 
     def children(self, name: str) -> list[str]:
-        return [e.dst for e in self.out_edges(name)]
+        return list(dict.fromkeys(e.dst for e in self.out_edges(name)))
 
     def topological_order(self) -> list[str]:
         """Kahn's algorithm over in-degrees, ties broken by declaration order."""
         indeg = {n: 0 for n in self.nodes}
         for e in self.edges:
-            indeg[e.dst] += 1
+            indeg[e.dst] += len(e.sources)
         ready = [n for n in self.nodes if indeg[n] == 0]
         order: list[str] = []
         while ready:
             n = ready.pop(0)
             order.append(n)
             for e in self.out_edges(n):
-                indeg[e.dst] -= 1
+                indeg[e.dst] -= e.sources.count(n)
                 if indeg[e.dst] == 0:
                     ready.append(e.dst)
         if len(order) != len(self.nodes):
@@ -180,7 +223,7 @@ class PCGraph:
     def _find_cycle(self, candidates: set[str]) -> list[str]:
         """Every node Kahn could not order has a predecessor that it could not order either,
         so walking predecessors from any of them must come back to a node on a cycle."""
-        pred = {n: [e.src for e in self.in_edges(n) if e.src in candidates] for n in candidates}
+        pred = {n: [p for p in self.parents(n) if p in candidates] for n in candidates}
         start = next(n for n in self.nodes if n in candidates)
         path, seen = [start], {start: 0}
         while True:
@@ -212,19 +255,20 @@ class PCGraph:
         """Check every invariant of a trainable PC graph; raise a located GraphError."""
         names = list(self.nodes)
         for i, e in enumerate(self.edges):
-            for end, attr in ((e.src, "from"), (e.dst, "to")):
+            ends = [(s, "from" if len(e.sources) == 1 else f"from[{k}]") for k, s in enumerate(e.sources)]
+            for end, attr in ends + [(e.dst, "to")]:
                 if end not in self.nodes:
                     raise GraphError(f"edge end {end!r} is not a node (known: {', '.join(names)})",
                                      f"model.edges[{i}].{attr}")
-            if e.src == e.dst:
-                raise GraphError(f"self-loop on {e.src!r} (a PC graph must be acyclic)", f"model.edges[{i}]")
-        seen: dict[tuple[str, str], int] = {}
+            if e.dst in e.sources:
+                raise GraphError(f"self-loop on {e.dst!r} (a PC graph must be acyclic)", f"model.edges[{i}]")
+        seen: dict[str, int] = {}
         for i, e in enumerate(self.edges):
-            if (e.src, e.dst) in seen:
-                raise GraphError(f"duplicate edge {e.label} (also edges[{seen[(e.src, e.dst)]}]); "
-                                 "several contributions between two nodes need an intermediate node",
+            if e.param is None and e.key in seen:
+                raise GraphError(f"duplicate edge {e.label} (also edges[{seen[e.key]}]); give one of them "
+                                 "its own 'param' name, or route one through an intermediate node",
                                  f"model.edges[{i}]")
-            seen[(e.src, e.dst)] = i
+            seen[e.key] = i
         if not self.inputs:
             raise GraphError("the graph has no input node (give one node role: input)", "model.nodes")
         if not self.outputs:
@@ -233,11 +277,12 @@ class PCGraph:
             if self.nodes[e.dst].role == "input":
                 raise GraphError(f"edge into input node {e.dst!r}: inputs are clamped to data and "
                                  "cannot have incoming edges", f"model.edges[{i}].to")
-            if self.nodes[e.src].role == "output":
-                raise GraphError(f"output node {e.src!r} is not a sink: an output is clamped to its "
-                                 "target while learning and must not feed other nodes "
-                                 "(add a hidden node before it and take the branch from there)",
-                                 f"model.edges[{i}].from")
+            for src in e.sources:
+                if self.nodes[src].role == "output":
+                    raise GraphError(f"output node {src!r} is not a sink: an output is clamped to its "
+                                     "target while learning and must not feed other nodes "
+                                     "(add a hidden node before it and take the branch from there)",
+                                     f"model.edges[{i}].from")
         self.topological_order()  # raises on cycles
         for n, v in self.nodes.items():
             if v.role != "input" and not self.in_edges(n):
@@ -256,25 +301,32 @@ class PCGraph:
         for n in self.topological_order():
             node = self.nodes[n]
             for e in self.in_edges(n):
-                src_shape = self.nodes[e.src].shape
                 where = self.where_edge(e)
-                if src_shape is None:
-                    raise GraphError(f"the shape of node {e.src!r} is unknown; give it a shape",
-                                     self.where_node(e.src))
+                for src in e.sources:
+                    if self.nodes[src].shape is None:
+                        raise GraphError(f"the shape of node {src!r} is unknown; give it a shape",
+                                         self.where_node(src))
+                src_shapes = [self.nodes[s].shape for s in e.sources]
                 op_cls = OPS.get(e.op)
+                opts = op_cls.parse_options(e.options, where)
+                msg = op_cls.check_sources(src_shapes, opts)
+                if msg:
+                    raise GraphError(msg, where)
                 if node.shape is None:
-                    inferred = op_cls.infer_out_shape(src_shape, e.options)
+                    inferred = op_cls.infer_out_shape(src_shapes, opts)
                     if inferred is not None:
                         node.shape = tuple(inferred)
                         continue
                     raise GraphError(f"the shape of node {n!r} cannot be inferred from op {e.op!r}; "
                                      "give it a shape", self.where_node(n))
-                msg = op_cls.check_shapes(src_shape, node.shape, e.options)
+                msg = op_cls.check_shapes(src_shapes, node.shape, opts)
                 if msg:
                     raise GraphError(msg, where)
 
     def make_op(self, e: Edge):
-        return OPS.get(e.op)(self.nodes[e.src].shape, self.nodes[e.dst].shape, e.bias, **e.options)
+        op_cls = OPS.get(e.op)
+        opts = op_cls.parse_options(e.options, self.where_edge(e) if e in self.edges else "model.edges")
+        return op_cls([self.nodes[s].shape for s in e.sources], self.nodes[e.dst].shape, e.bias, opts)
 
     def _check_shared_params(self) -> None:
         first: dict[str, tuple[int, Edge, dict]] = {}
@@ -305,33 +357,17 @@ class PCGraph:
                 "edges": [e.to_dict() for e in self.edges]}
 
     def to_networkx(self):
-        """A ``networkx.DiGraph``: node attrs ``shape, role, kind``; edge attrs ``op,
-        activation, bias, param, kind, options, index`` (+ whatever passes put in ``meta``)."""
-        import networkx as nx
+        """A ``networkx.DiGraph`` in the factor encoding (see :mod:`pcgraph.ir.nxio`)."""
+        from .nxio import to_networkx
 
-        g = nx.DiGraph()
-        for n in self.nodes.values():
-            g.add_node(n.name, shape=list(n.shape) if n.shape else None, role=n.role, kind=n.kind,
-                       **{k: v for k, v in n.meta.items() if isinstance(v, (int, float, str, bool))})
-        for i, e in enumerate(self.edges):
-            g.add_edge(e.src, e.dst, op=e.op, activation=e.activation, bias=e.bias, param=e.param,
-                       kind=e.kind, options=dict(e.options), index=i,
-                       **{k: v for k, v in e.meta.items() if isinstance(v, (int, float, str, bool))})
-        return g
+        return to_networkx(self)
 
     @classmethod
     def from_networkx(cls, g) -> "PCGraph":
-        """Inverse of :meth:`to_networkx`; missing attributes take their defaults."""
-        graph = cls()
-        for name, attrs in g.nodes(data=True):
-            graph.add_node(ValueNode(str(name), attrs.get("shape"), attrs.get("role", "hidden"),
-                                     attrs.get("kind", "value")))
-        edges = sorted(g.edges(data=True), key=lambda t: t[2].get("index", 0))
-        for src, dst, a in edges:
-            graph.add_edge(Edge(str(src), str(dst), a.get("op", "linear"), a.get("activation", "identity"),
-                                bool(a.get("bias", False)), a.get("param"), dict(a.get("options") or {}),
-                                a.get("kind", "edge")))
-        return graph
+        """Inverse of :meth:`to_networkx`; also reads plain value-to-value DiGraphs."""
+        from .nxio import from_networkx
+
+        return from_networkx(cls, g)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, PCGraph) and list(self.nodes.values()) == list(other.nodes.values()) \

@@ -2,8 +2,8 @@
 
 from .activations import ACTIVATIONS, Activation, get_activation
 from .base import OPS, Op, get_op
-from . import identity, linear  # noqa: F401  (registration)
-from .losses import LOSSES, Loss, get_loss
+from . import attention, elementwise, identity, linear, norm  # noqa: F401  (registration)
+from .losses import LOSSES, Loss, Objective, get_loss
 
 __all__ = ["ACTIVATIONS", "Activation", "get_activation", "OPS", "Op", "get_op",
-           "LOSSES", "Loss", "get_loss"]
+           "LOSSES", "Loss", "Objective", "get_loss"]

@@ -1,81 +1,163 @@
-"""The op interface: what an edge computes and the two vector-Jacobian products PC needs.
+"""The op interface: an op is a forward plus a shape rule; its VJPs come for free.
 
-An edge ``e = (p -> c)`` with op ``g`` and parameters ``theta_e`` contributes
-``g(u; theta_e)`` with ``u = f(x_p)`` to the prediction ``mu_c``. Predictive coding
-needs, for an error ``eps_c`` of shape ``[B, *out_shape]``:
+An edge ``e = ([p_1 .. p_n] -> c)`` with op ``g`` and parameters ``theta_e`` contributes
 
-- ``vjp_input``:  ``(dg/du)^T eps_c``, shape ``[B, *in_shape]`` (feedback to ``p``);
+    g(u_1, .., u_n; theta_e),   u_k = f_k(x_{p_k})
+
+to the prediction ``mu_c``. Predictive coding needs, for an error ``eps_c`` of shape
+``[B, *out_shape]``, two vector-Jacobian products local to the edge:
+
+- ``vjp_inputs``: ``(dg/du_k)^T eps_c`` for each wanted source ``k`` (feedback to ``p_k``);
 - ``vjp_params``: ``sum_b (dg/dtheta)^T eps_c`` per parameter (the local weight update).
 
-Both are written out per op, so the PC rules never call autograd; ``forward`` is also
-used by the BP reference, under autograd, which is how the hand-written VJPs are tested.
+Both default to ``torch.func.vjp`` of :meth:`Op.forward` (still local to the edge: it
+differentiates this op's forward alone, never the graph); an op overrides them by hand
+where that is faster (``linear``). ``tests/test_ops.py`` checks every registered op's
+VJPs against autograd in float64 and its shape rule against its forward.
+
+Options are typed: each op declares an ``Options`` dataclass, parsed from the edge's
+extra keys like rule settings (:func:`pcgraph.settings.parse_dataclass`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import ClassVar, Sequence
 
 import torch
 
 from ..errors import SpecError
 from ..registry import Registry
+from ..settings import parse_dataclass
 
 Shape = tuple[int, ...]
 
 
+@dataclass
+class NoOptions:
+    pass
+
+
 class Op:
-    """A configured op for one edge. Subclasses set ``name`` and override the hooks."""
+    """A configured op for one edge. Subclasses set ``name``, ``Options``, ``arity`` and
+    implement ``forward`` (+ ``param_shapes``/``init_params`` and a shape rule)."""
 
     name: ClassVar[str] = ""
-    #: option keys accepted in the edge spec besides the common ones
-    options: ClassVar[tuple[str, ...]] = ()
+    #: typed options (the edge's keys besides from/to/op/activation/bias/param/kind)
+    Options: ClassVar[type] = NoOptions
     #: whether ``bias: true`` is meaningful
     supports_bias: ClassVar[bool] = True
+    #: (min, max) number of sources; max None = any number
+    arity: ClassVar[tuple[int, int | None]] = (1, 1)
 
-    def __init__(self, in_shape: Shape, out_shape: Shape, bias: bool = False, **options):
-        self.in_shape = tuple(in_shape)
-        self.out_shape = tuple(out_shape)
-        self.bias = bias
-        self.opts = options
+    def __init__(self, in_shapes: Sequence[Shape], out_shape: Shape, bias: bool = False, options=None):
+        self.in_shapes: tuple[Shape, ...] = tuple(tuple(s) for s in in_shapes)
+        self.out_shape: Shape = tuple(out_shape)
+        self.bias = bool(bias)
+        self.opts = options if options is not None else self.Options()
 
-    # ---- shapes -------------------------------------------------------------------
+    @property
+    def in_shape(self) -> Shape:
+        """The first (for one-source ops: the) input shape."""
+        return self.in_shapes[0]
+
+    # ---- options and shapes --------------------------------------------------------
     @classmethod
-    def infer_out_shape(cls, in_shape: Shape, options: dict) -> Shape | None:
-        """The output shape implied by the input shape and options, or None if free."""
+    def parse_options(cls, raw: dict, where: str):
+        return parse_dataclass(cls.Options, raw, where, f"op {cls.name!r}")
+
+    @classmethod
+    def infer_out_shape(cls, in_shapes: Sequence[Shape], opts) -> Shape | None:
+        """The output shape implied by the input shapes and options, or None if the
+        target node's shape is free (e.g. ``linear``)."""
         return None
 
     @classmethod
-    def check_shapes(cls, in_shape: Shape, out_shape: Shape, options: dict) -> str | None:
-        """Return a message if ``in_shape -> out_shape`` is impossible for this op."""
-        inferred = cls.infer_out_shape(in_shape, options)
+    def check_sources(cls, in_shapes: Sequence[Shape], opts) -> str | None:
+        """A message if the source shapes alone are impossible (checked before the target
+        shape is inferred or compared), else None."""
+        return None
+
+    @classmethod
+    def check_shapes(cls, in_shapes: Sequence[Shape], out_shape: Shape, opts) -> str | None:
+        """A message if ``in_shapes -> out_shape`` is impossible for this op, else None.
+        Raise nothing here: the IR turns the message into a located GraphError."""
+        inferred = cls.infer_out_shape(in_shapes, opts)
         if inferred is not None and tuple(inferred) != tuple(out_shape):
-            return (f"{cls.name} maps shape {list(in_shape)} to {list(inferred)}, "
+            ins = ", ".join(str(list(s)) for s in in_shapes)
+            return (f"{cls.name} maps shape{'s' if len(in_shapes) > 1 else ''} {ins} to {list(inferred)}, "
                     f"but the target node has shape {list(out_shape)}")
         return None
 
-    # ---- parameters ---------------------------------------------------------------
+    # ---- parameters -----------------------------------------------------------------
     def param_shapes(self) -> dict[str, Shape]:
         return {}
 
     def init_params(self, generator: torch.Generator, dtype: torch.dtype,
                     device: torch.device) -> dict[str, torch.Tensor]:
+        if self.param_shapes():
+            raise NotImplementedError(f"op {self.name!r} declares parameters but no init_params")
         return {}
 
-    # ---- computation --------------------------------------------------------------
-    def forward(self, params: dict[str, torch.Tensor], u: torch.Tensor) -> torch.Tensor:
+    # ---- computation ----------------------------------------------------------------
+    def forward(self, params: dict[str, torch.Tensor], *inputs: torch.Tensor) -> torch.Tensor:
+        """``g(u_1, .., u_n)``: inputs ``[B, *in_shapes[k]]`` -> ``[B, *out_shape]``."""
         raise NotImplementedError
 
-    def vjp_input(self, params, u, g):
-        raise NotImplementedError
+    def vjp_inputs(self, params, inputs: Sequence[torch.Tensor], g: torch.Tensor,
+                   wanted: Sequence[bool]) -> list[torch.Tensor | None]:
+        """``(dg/du_k)^T g`` for each ``k`` with ``wanted[k]`` (None elsewhere)."""
+        return self._func_vjp(params, inputs, g, wanted, False)[0]
 
-    def vjp_params(self, params, u, g) -> dict[str, torch.Tensor]:
-        """Returns fresh tensors (never views of inputs): callers accumulate in place."""
-        return {}
+    def vjp_params(self, params, inputs: Sequence[torch.Tensor], g: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``sum_b (dg/dtheta)^T g`` per parameter: fresh tensors (callers accumulate in place)."""
+        if not params:
+            return {}
+        return self._func_vjp(params, inputs, g, [False] * len(inputs), True)[1]
+
+    def vjp(self, params, inputs, g, wanted: Sequence[bool], want_params: bool):
+        """Both VJPs at once: ``(inputs' list, params' dict or None)``. Hand-written
+        overrides of ``vjp_inputs`` / ``vjp_params`` are used when present; otherwise one
+        ``torch.func.vjp`` of :meth:`forward` serves both."""
+        cls = type(self)
+        own_in = cls.vjp_inputs is not Op.vjp_inputs
+        own_p = cls.vjp_params is not Op.vjp_params
+        if own_in or own_p:
+            gin = self.vjp_inputs(params, inputs, g, wanted) if any(wanted) else [None] * len(inputs)
+            gp = self.vjp_params(params, inputs, g) if want_params else None
+            return gin, gp
+        return self._func_vjp(params, inputs, g, wanted, want_params)
+
+    def _func_vjp(self, params, inputs, g, wanted, want_params):
+        names = list(params) if want_params else []
+        idx = [k for k, w in enumerate(wanted) if w]
+        fixed = {k: v.detach() for k, v in params.items()}
+        consts = [u.detach() for u in inputs]
+
+        def fn(pvals, xs):
+            p = dict(fixed)
+            p.update(zip(names, pvals))
+            full = list(consts)
+            for k, x in zip(idx, xs):
+                full[k] = x
+            return self.forward(p, *full)
+
+        with torch.enable_grad():
+            _, pull = torch.func.vjp(fn, tuple(fixed[n] for n in names), tuple(consts[k] for k in idx))
+            gp, gx = pull(g)
+        gin: list[torch.Tensor | None] = [None] * len(inputs)
+        for k, t in zip(idx, gx):
+            gin[k] = t
+        return gin, (dict(zip(names, gp)) if want_params else None)
 
     def __repr__(self) -> str:
         b = ", bias" if self.bias else ""
-        return f"{self.name}({list(self.in_shape)} -> {list(self.out_shape)}{b})"
+        ins = ", ".join(str(list(s)) for s in self.in_shapes)
+        opts = {f.name: getattr(self.opts, f.name) for f in dataclasses.fields(self.opts)}
+        o = "".join(f", {k}={v}" for k, v in opts.items())
+        return f"{self.name}({ins} -> {list(self.out_shape)}{b}{o})"
 
 
 OPS: Registry[type[Op]] = Registry("op")
@@ -95,10 +177,21 @@ def get_op(name: str, where: str | None = None) -> type[Op]:
     return OPS.get(name, where)
 
 
+def check_arity(op_cls: type[Op], n: int, where: str) -> None:
+    lo, hi = op_cls.arity
+    if n < lo or (hi is not None and n > hi):
+        want = f"exactly {lo}" if lo == hi else (f"at least {lo}" if hi is None else f"{lo} to {hi}")
+        raise SpecError(f"op {op_cls.name!r} takes {want} source{'s' if (hi or 2) > 1 else ''}, got {n}",
+                        f"{where}.from")
+
+
 def check_options(op_cls: type[Op], options: dict, where: str, common: tuple[str, ...] = ()) -> None:
+    """Unknown keys name both the common edge keys and the op's own options; values are
+    then checked against the op's typed ``Options``."""
+    known = tuple(f.name for f in dataclasses.fields(op_cls.Options))
     for key in options:
-        if key not in op_cls.options:
-            known = ", ".join(op_cls.options) or "none"
+        if key not in known:
             keys = f"edge keys: {', '.join(common)}; " if common else ""
-            raise SpecError(f"unknown key {key!r} ({keys}options of op {op_cls.name!r}: {known})",
-                            f"{where}.{key}")
+            raise SpecError(f"unknown key {key!r} ({keys}options of op {op_cls.name!r}: "
+                            f"{', '.join(known) or 'none'})", f"{where}.{key}")
+    op_cls.parse_options(options, where)

@@ -15,14 +15,14 @@ class IdentityOp(Op):
     supports_bias = False
 
     @classmethod
-    def infer_out_shape(cls, in_shape, options):
-        return tuple(in_shape)
+    def infer_out_shape(cls, in_shapes, opts):
+        return tuple(in_shapes[0])
 
     def forward(self, params, u):
         return u
 
-    def vjp_input(self, params, u, g):
-        return g
+    def vjp_inputs(self, params, inputs, g, wanted):
+        return [g]
 
 
 @OPS.register("flatten", "reshape")
@@ -33,18 +33,19 @@ class Flatten(Op):
     supports_bias = False
 
     @classmethod
-    def infer_out_shape(cls, in_shape, options):
-        return (numel(in_shape),)
+    def infer_out_shape(cls, in_shapes, opts):
+        return (numel(in_shapes[0]),)
 
     @classmethod
-    def check_shapes(cls, in_shape, out_shape, options):
-        if numel(in_shape) != numel(out_shape):
-            return (f"flatten cannot reshape {list(in_shape)} ({numel(in_shape)} elements) "
+    def check_shapes(cls, in_shapes, out_shape, opts):
+        (s,) = in_shapes
+        if numel(s) != numel(out_shape):
+            return (f"flatten cannot reshape {list(s)} ({numel(s)} elements) "
                     f"to {list(out_shape)} ({numel(out_shape)} elements)")
         return None
 
     def forward(self, params, u):
         return u.reshape(u.shape[0], *self.out_shape)
 
-    def vjp_input(self, params, u, g):
-        return g.reshape(u.shape)
+    def vjp_inputs(self, params, inputs, g, wanted):
+        return [g.reshape(inputs[0].shape)]

@@ -1,8 +1,10 @@
-"""Output losses and the error they put on an output node.
+"""Output losses, the error they put on an output node, and the batch reduction.
 
-With batch-mean reduction ``L = (1/B) sum_b l(mu_b, y_b)``; an output node's error is
-the per-sample ``eps = -dl/dmu`` (so for MSE it is ``y - mu``, the PC error of a node
-clamped to its target), and every parameter gradient carries the ``1/B``.
+An output node's error is the per-sample ``eps = -dl/dmu`` (for MSE ``y - mu``, the PC
+error of a node clamped to its target). :class:`Objective` is the one place that knows
+how a batch is reduced: ``L = r * sum_b sum_o l_o(mu_b, y_b)`` with ``r = 1/B`` (``mean``)
+or ``1`` (``sum``); every rule's parameter gradient is ``-r`` times the summed local
+updates, and every report of a loss per sample divides by ``B`` only under ``sum``.
 """
 
 from __future__ import annotations
@@ -72,6 +74,40 @@ class CrossEntropy(Loss):
         flat = mu.reshape(mu.shape[0], -1)
         onehot = torch.nn.functional.one_hot(target, flat.shape[1]).to(mu.dtype)
         return (onehot - torch.softmax(flat, dim=1)).reshape(mu.shape)
+
+
+REDUCTIONS = ("mean", "sum")
+
+
+class Objective:
+    """The training objective: one loss per output and the batch reduction."""
+
+    def __init__(self, losses: dict[str, Loss], reduction: str = "mean"):
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"unknown reduction {reduction!r} (known: {', '.join(REDUCTIONS)})")
+        self.losses = dict(losses)
+        self.reduction = reduction
+
+    def scale(self, batch: int) -> float:
+        """``r``: the factor between a sum over the batch and the reduced objective."""
+        return 1.0 / batch if self.reduction == "mean" else 1.0
+
+    def value(self, outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The reduced objective (differentiable; BP calls backward on it)."""
+        total = None
+        for o, mu in outputs.items():
+            term = self.losses[o].value(mu, targets[o])        # batch mean of this output's loss
+            if self.reduction == "sum":
+                term = term * mu.shape[0]
+            total = term if total is None else total + term
+        return total
+
+    def per_sample(self, value: float, batch: int) -> float:
+        """A reduced objective's value as a mean over the samples (for reports)."""
+        return value / batch if self.reduction == "sum" else value
+
+    def error(self, o: str, mu: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.losses[o].error(mu, target)
 
 
 def get_loss(name: str, where: str | None = None) -> Loss:

@@ -4,10 +4,10 @@ from .base import RULES, LearningRule, StepInfo
 from . import bp, fazil, il, zil  # noqa: F401  (registration)
 
 
-def make_rule(name: str, net, settings: dict | None = None, seed: int = 0,
+def make_rule(name: str, net, settings: dict | None = None, seed: int = 0, reduction: str = "mean",
               where: str = "train.algorithm") -> LearningRule:
     cls = RULES.get(name, f"{where}.name" if settings else where)
-    return cls(net, cls.parse_settings(settings or {}, where), seed)
+    return cls(net, cls.parse_settings(settings or {}, where), seed, reduction)
 
 
 __all__ = ["RULES", "LearningRule", "StepInfo", "make_rule"]

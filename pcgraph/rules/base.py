@@ -1,81 +1,92 @@
 """The learning-rule interface.
 
-A rule turns one mini-batch into parameter gradients on a :class:`PCNetwork`
-(``p.grad``, accumulated), which a torch optimizer then applies; so every rule works
-with every optimizer (Z-IL + Adam equals BP + Adam). Each rule lives in its own file,
-keeps its settings in one dataclass (``Settings``) and registers itself by name.
+A rule turns one mini-batch into parameter gradients (``p.grad``, accumulated), which
+torch optimizers then apply; so every rule works with every optimizer (Z-IL + Adam
+equals BP + Adam). Each rule lives in its own file, keeps its settings in one dataclass
+(``Settings``, parsed by :func:`pcgraph.settings.parse_dataclass`) and registers itself
+by name.
+
+A rule is an ``nn.Module``: it may own parameters and buffers (feedback matrices,
+learned inverses, counters) as modules do. Its ``state_dict`` holds exactly those (the
+network is not a submodule) plus ``get_extra_state`` (RNG state, statistics), and the
+trainer saves and restores it with every checkpoint. A rule's trainable parameters are
+trained by the spec's optimizer as a second parameter group, or by an optimizer of its
+own when :meth:`LearningRule.optimizer_config` returns one.
+
+The batch reduction lives in the rule's :class:`~pcgraph.ops.Objective`: a rule sums
+its local updates over the batch and :meth:`LearningRule.write_grads` scales them.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import typing
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
+from torch import nn
 
 from ..compile import PCNetwork
-from ..errors import SpecError
 from ..registry import Registry
+from ..settings import parse_dataclass
 
 
 @dataclass
 class StepInfo:
-    loss: float
+    loss: float                          # the reduced objective of the feed-forward prediction
     outputs: dict[str, torch.Tensor]
 
 
-class LearningRule:
-    name: ClassVar[str] = ""
-    Settings: ClassVar[type] = dataclass(type("NoSettings", (), {}))
+@dataclass
+class NoSettings:
+    pass
 
-    def __init__(self, net: PCNetwork, settings=None, seed: int = 0):
-        self.net = net
+
+class LearningRule(nn.Module):
+    name: ClassVar[str] = ""
+    Settings: ClassVar[type] = NoSettings
+
+    def __init__(self, net: PCNetwork, settings=None, seed: int = 0, reduction: str = "mean"):
+        super().__init__()
+        object.__setattr__(self, "net", net)      # not a submodule: the rule's state is its own
         self.settings = settings if settings is not None else self.Settings()
         self.seed = seed
+        self.objective = net.compiled.objective(reduction)
 
     @classmethod
     def parse_settings(cls, raw: dict, where: str = "train.algorithm"):
         """Build ``Settings`` from a spec mapping: unknown keys and wrong types are errors."""
-        fields = {f.name: f for f in dataclasses.fields(cls.Settings)}
-        hints = typing.get_type_hints(cls.Settings)
-        values: dict[str, Any] = {}
-        for key, value in raw.items():
-            if key not in fields:
-                known = ", ".join(fields) or "none"
-                raise SpecError(f"unknown setting {key!r} for rule {cls.name!r} (its settings: {known})",
-                                f"{where}.{key}")
-            values[key] = _coerce(value, hints[key], f"{where}.{key}")
-        settings = cls.Settings(**values)
-        check = getattr(settings, "check", None)
-        if check:
-            check(where)
-        return settings
+        return parse_dataclass(cls.Settings, raw, where, f"rule {cls.name!r}")
 
+    # ---- what a rule does ------------------------------------------------------------
     def compute_grads(self, inputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> StepInfo:
         raise NotImplementedError
 
     def describe(self) -> str:
         return f"rule {self.name}: {self.settings}"
 
-
-def _coerce(value, hint, where):
-    """Accept ``value`` for type ``hint`` (int | str | None, float, bool, ...)."""
-    options = typing.get_args(hint) or (hint,)
-    if value is None and type(None) in options:
+    # ---- parameters the rule owns ------------------------------------------------------
+    def optimizer_config(self) -> dict | None:
+        """None: the rule's trainable parameters join the spec's optimizer (as a second
+        parameter group); a mapping such as ``{name: adam, lr: 1e-3}``: their own."""
         return None
-    for typ in options:
-        if typ is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if typ is int and isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if typ is bool and isinstance(value, bool):
-            return value
-        if typ is str and isinstance(value, str):
-            return value
-    names = " or ".join(getattr(t, "__name__", str(t)) for t in options)
-    raise SpecError(f"expected {names}, got {value!r}", where)
+
+    def trainable(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    # ---- the one place where the batch is reduced -----------------------------------------
+    def write_grads(self, updates: dict, batch: int) -> None:
+        """``p.grad += -r * sum_b(local updates)`` for the network's parameter groups
+        (``r`` from the objective's reduction): descent on the reduced objective."""
+        scale = -self.objective.scale(batch)
+        params = self.net.params
+        for key, group in updates.items():
+            for name, g in group.items():
+                p = params[key][name]
+                g.mul_(scale)
+                p.grad = g if p.grad is None else p.grad.add_(g)
+
+    def per_sample_loss(self, info: StepInfo, batch: int) -> float:
+        return self.objective.per_sample(info.loss, batch)
 
 
 RULES: Registry[type[LearningRule]] = Registry("learning rule")

@@ -11,6 +11,6 @@ class Backprop(LearningRule):
 
     def compute_grads(self, inputs, targets):
         outputs = self.net(inputs)
-        loss = self.net.loss(outputs, targets)
+        loss = self.objective.value(outputs, targets)
         loss.backward()
         return StepInfo(float(loss.detach()), {k: v.detach() for k, v in outputs.items()})

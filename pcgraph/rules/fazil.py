@@ -1,60 +1,74 @@
 """``fazil``: Z-IL with full autonomy (Song et al. 2020, sec. 4, Alg. 2).
 
-No update schedule: the network runs one continuous dynamics and every weight learns at
-every step with a local learning rate ``alpha * phi(eps_i)`` gated by its own error
-neuron ``eps_i`` (the row of the weight that feeds it):
+No update schedule: the network runs one continuous dynamics (every quantity at every
+step) and every weight row learns at every step with a local learning rate gated by a
+trigger of the node it feeds:
 
-    phi(eps_i)(t) = 1  iff  eps_i(t) != 0  and  eps_i(t - 1) = ... = eps_i(t - t_d) = 0
+    Delta theta_e(t) = sum_b (d op_e / d theta)^T (trigger_c(t) * eps_c(t))     (e into c)
 
-i.e. ``phi`` spikes when an error turns non-zero after ``t_d`` steps at rest: the change
-caused by feedback from the clamped target, which reaches a node at depth ``l`` exactly at
-``t = l`` (the Z-IL moment) when C1 and C3 hold.
+Two triggers (setting ``trigger``):
+
+- ``wave`` (default): a one-bit *spike* carried by the feedback connections beside the
+  error. An output spikes when its target is clamped; a node spikes once, one step after
+  any of its children spiked (it receives the spike on the same wires that bring it its
+  children's errors). The spike reaches a node at depth ``l`` at ``t = l``, the Z-IL
+  moment, whatever the values are, so a row learns at the wave even when its error is
+  exactly 0 there (a ``relu`` unit that is off, max pooling's non-maximal inputs, a
+  saturated ``tanh``), and never again. Exact wherever Z-IL is.
+- ``phi``: Song's ``phi(eps_i)(t) = 1`` iff ``eps_i(t) != 0`` and ``eps_i`` was exactly 0
+  for the ``t_d`` steps before. It infers the wave from the error's values, so it misfires
+  whenever an error is still exactly 0 when the wave passes and turns non-zero later,
+  on a second-order error that is not BP's: ``relu`` units whose ``f'`` is 0, inputs of a
+  max pool that were not the maximum, sigmoid/tanh units saturated so far that ``f'``
+  rounds to 0 in float32, a node whose children are all inactive for a sample. It is
+  exact only on networks where none of that happens (the seeds' sigmoid MLPs).
 
 One sample's run:
 
-1. *Prediction phase* (output free, input presented), ``predict_steps`` steps starting
-   from the zero state. With the output free there is no error to feed back; each value
-   relaxes to its own prediction, ``x_v <- x_v - gamma * eps_v``, so with ``gamma = 1``
-   the input's wave settles the whole graph in (its height) steps, exactly at the
-   feed-forward values (C1). The default length is that height plus ``t_d`` steps at
-   rest. (The full relaxation, with feedback, does not settle in finitely many steps:
-   at ``gamma = 1`` it diverges on tanh networks, measured.)
-2. *Learning phase*: the target is clamped at ``t = 0`` and the full PC dynamics run
-   for ``T + 1`` steps (``x_v <- x_v + gamma * (-eps_v + sum_c J^T eps_c)``), every
-   weight row gated by ``phi`` all the while.
-
-With ``gamma = 1`` the value update is evaluated as ``mu_v + sum_c J^T eps_c`` (the same
-expression, without the cancellation in ``x - (x - mu)``), so an error at rest is
-exactly 0 and ``phi`` can test ``eps == 0`` as in the paper.
+1. *Prediction phase* (output free, input presented), ``predict_steps`` steps from the
+   zero state: each value relaxes to its own prediction (``x_v <- x_v - gamma * eps_v``),
+   so with ``gamma = 1`` the input's wave settles the whole graph at the feed-forward
+   values (C1) in (its height) steps. Default length: the height plus ``t_d`` steps at rest.
+2. *Learning phase*: the target is clamped at ``t = 0`` and the full PC dynamics run for
+   ``T + 1`` steps on the compiled executor (a plan that computes everything every step),
+   the kernel's ``learn_signal`` gated by the trigger all the while.
 
 Settings:
-    t_d (int, 4): window of ``phi``.
+    trigger ("wave" | "phi", "wave"): see above.
+    t_d (int, 4): window of ``phi`` (and rest steps after the prediction phase's wave).
     T (int | None): learning-phase steps after clamping; None = the deepest update.
     predict_steps (int | None): prediction-phase steps; None = height + t_d.
     gamma (float, 1): integration step (C3).
+    reference (bool, False): run the learning phase on the reference interpreter.
 
-``stats`` accumulates the detection success rate: among error neurons of nodes fed by a
-parameter whose error at ``t = depth`` is non-zero, the fraction for which ``phi`` fired
-exactly once, at ``t = depth``; ``false_fires`` counts spikes anywhere else.
+``stats`` counts, over the error neurons of nodes fed by a parameter (per sample):
+``expected`` (error non-zero at ``t = depth``), ``detected`` (of those, the trigger fired
+at ``t = depth`` and never on a non-zero error elsewhere), ``false_fires`` (fires on a
+non-zero error at any other step: each one is a wrong update). ``success_rate`` is the
+fraction of neurons that learned exactly among those that should have learned or
+learned wrongly (a misfire lowers it even where BP's delta is 0).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
-from ..compile.dynamics import _accumulate, write_grads
+from ..compile import EVERY, PCKernel, build_full_plan, run_plan, run_reference
 from ..errors import SpecError
 from .base import RULES, LearningRule, StepInfo
 
 
 @dataclass
 class FaZILSettings:
+    trigger: Literal["wave", "phi"] = "wave"
     t_d: int = 4
     T: int | None = None
     predict_steps: int | None = None
     gamma: float = 1.0
+    reference: bool = False
 
     def check(self, where: str = "train.algorithm") -> None:
         if self.t_d < 1:
@@ -68,13 +82,84 @@ class FaZILSettings:
 
 @dataclass
 class DetectionStats:
-    detected: int = 0       # fired exactly once, at t = depth
-    expected: int = 0       # neurons with a non-zero error at t = depth
-    false_fires: int = 0    # spikes anywhere else (prediction phase or t != depth)
+    detected: int = 0       # learned exactly: fired at t = depth, no misfire
+    expected: int = 0       # error non-zero at t = depth
+    judged: int = 0         # expected, or misfired on a non-zero error
+    false_fires: int = 0    # fires on a non-zero error at t != depth (or in the prediction phase)
 
     @property
     def success_rate(self) -> float:
-        return self.detected / self.expected if self.expected else 1.0
+        return self.detected / self.judged if self.judged else 1.0
+
+
+class TriggeredKernel(PCKernel):
+    """The PC kernel with Fa-Z-IL's gate on ``learn_signal`` (and its bookkeeping)."""
+
+    def __init__(self, net, objective, gamma: float, trigger: str, t_d: int):
+        super().__init__(net, objective, gamma)
+        cg = self.cg
+        self.trigger, self.t_d = trigger, t_d
+        self.learners = {cg.edges[i].dst for i in range(len(cg.edges)) if cg.has_params(i)}
+        self.children = {v: {cg.edges[i].dst for i, _ in cg.out_edges(v)} for v in cg.order}
+        self.stats = DetectionStats()
+
+    def begin(self, phase: str, shapes: dict[str, tuple]) -> None:
+        self.phase = phase
+        self.gate: dict[str, torch.Tensor] = {}
+        dev = self.net.device
+        if phase == "predict":
+            self.rest = {v: torch.zeros(shapes[v], device=dev, dtype=torch.long) for v in shapes}
+            self.spiked: dict[str, int] = {}
+            self.expected = {v: torch.zeros(shapes[v], device=dev, dtype=torch.bool) for v in self.learners}
+            self.right = {v: torch.zeros(shapes[v], device=dev, dtype=torch.bool) for v in self.learners}
+            self.wrong = {v: torch.zeros(shapes[v], device=dev, dtype=torch.bool) for v in self.learners}
+            self.n_false = 0
+
+    def observe(self, t, eps, computed):
+        cg, learning = self.cg, self.phase == "learn"
+        self.gate = {}
+        for v in computed:
+            nonzero = eps[v] != 0
+            if self.trigger == "phi":
+                fire = nonzero & (self.rest[v] >= self.t_d)
+                self.rest[v] = torch.where(nonzero, torch.zeros_like(self.rest[v]), self.rest[v] + 1)
+            else:
+                fire = None
+                if learning and v not in self.spiked and (
+                        (t == 0 and cg.role(v) == "output")
+                        or any(self.spiked.get(c) == t - 1 for c in self.children[v])):
+                    self.spiked[v] = t
+                    fire = torch.ones((), dtype=torch.bool, device=nonzero.device)
+            if v not in self.learners:
+                continue
+            at_depth = learning and t == cg.depth[v]
+            if at_depth:
+                self.expected[v] |= nonzero
+            if fire is None:
+                continue
+            if at_depth:
+                self.right[v] |= fire
+            else:
+                bad = fire & nonzero
+                self.wrong[v] |= bad
+                self.n_false += int(bad.sum())
+            if bool(fire.any()):
+                self.gate[v] = fire
+
+    def learn_signal(self, i, t, eps_c):
+        fire = self.gate.get(self.cg.edges[i].dst)
+        if fire is None:
+            return None
+        return eps_c if fire.dim() == 0 else eps_c * fire
+
+    def finish(self) -> None:
+        st = self.stats
+        for v in self.learners:
+            exp, wrong = self.expected[v], self.wrong[v]
+            st.expected += int(exp.sum())
+            st.detected += int((exp & self.right[v] & ~wrong).sum())
+            st.judged += int((exp | wrong).sum())
+        st.false_fires += self.n_false
 
 
 @RULES.register("fazil", "fa-z-il")
@@ -82,104 +167,83 @@ class FullyAutonomousZIL(LearningRule):
     name = "fazil"
     Settings = FaZILSettings
 
-    def __init__(self, net, settings=None, seed: int = 0):
-        super().__init__(net, settings, seed)
+    def __init__(self, net, settings=None, seed: int = 0, reduction: str = "mean"):
+        super().__init__(net, settings, seed, reduction)
         cg = net.compiled
         s = self.settings
-        self.learners = sorted({e.dst for i, e in enumerate(cg.edges) if cg.ops[i].param_shapes()},
-                               key=cg.order.index)
-        depth_max = max((cg.depth[v] for v in self.learners), default=0)
+        self.kernel = TriggeredKernel(net, self.objective, s.gamma, s.trigger, s.t_d)
+        depth_max = max((cg.depth[v] for v in self.kernel.learners), default=0)
         self.T = depth_max if s.T is None else s.T
         if self.T < depth_max:
             raise SpecError(f"T = {self.T} ends before the deepest update at t = {depth_max}",
                             "train.algorithm.T")
         height: dict[str, int] = {}
         for v in cg.order:
-            height[v] = 0 if cg.role(v) == "input" else 1 + max(height[cg.edges[i].src] for i in cg.in_edges(v))
+            height[v] = 0 if cg.role(v) == "input" else \
+                1 + max(height[p] for i in cg.in_edges(v) for p in cg.edges[i].sources)
         self.height = max(height.values())
         self.predict_steps = self.height + s.t_d if s.predict_steps is None else s.predict_steps
-        self.stats = DetectionStats()
+        self.update_times = [EVERY if cg.has_params(i) else None for i in range(len(cg.edges))]
+        self.plan = build_full_plan(cg, self.update_times, self.T)
+
+    @property
+    def stats(self) -> DetectionStats:
+        return self.kernel.stats
 
     @torch.no_grad()
     def compute_grads(self, inputs, targets):
-        net, cg, s = self.net, self.net.compiled, self.settings
-        order, edges, acts = cg.order, cg.edges, cg.acts
-        role = {v: cg.role(v) for v in order}
-        free = [v for v in order if role[v] != "input"]
+        k, cg = self.kernel, self.net.compiled
+        edges = cg.edges
+        free = [v for v in cg.order if cg.role(v) != "input"]
         batch = next(iter(inputs.values())).shape[0]
-        shapes = {v: (batch, *cg.graph.nodes[v].shape) for v in order}
-        dev, dt = net.device, net.dtype
+        dev, dt = self.net.device, self.net.dtype
+        shapes = {v: (batch, *cg.graph.nodes[v].shape) for v in free}
 
-        def f_src(x, i):
-            return acts[i].f(x[edges[i].src])
-
-        def predictions(x):
-            return {c: net.predict(c, lambda i: f_src(x, i)) for c in free}
-
-        x = {v: inputs[v] if role[v] == "input" else torch.zeros(shapes[v], device=dev, dtype=dt) for v in order}
-        rest = {v: torch.zeros(shapes[v], device=dev, dtype=torch.long) for v in free}  # steps at 0 so far
-        fires = {v: torch.zeros(shapes[v], device=dev, dtype=torch.long) for v in self.learners}
-        fired_right = {v: torch.zeros(shapes[v], device=dev, dtype=torch.bool) for v in self.learners}
-        expected = {v: torch.zeros(shapes[v], device=dev, dtype=torch.bool) for v in self.learners}
-        acc: dict = {}
-
-        def learn(eps, t_learn):
-            for v in free:
-                zero = eps[v] == 0
-                if v in fires:
-                    phi = (~zero) & (rest[v] >= s.t_d)
-                    fires[v] += phi
-                    if t_learn is not None and t_learn == cg.depth[v]:
-                        fired_right[v] |= phi
-                        expected[v] |= ~zero
-                    if bool(phi.any()):
-                        gated = eps[v] * phi
-                        for i in cg.in_edges(v):
-                            if cg.ops[i].param_shapes():
-                                _accumulate(acc, edges[i].key, net.param_vjp(i, f_src(x, i), gated))
-                rest[v] = torch.where(zero, rest[v] + 1, torch.zeros_like(rest[v]))
+        def activated(i):
+            return [k.f(i, j, x[s]) for j, s in enumerate(edges[i].sources)]
 
         # 1. prediction phase: output free, each value relaxes to its own prediction
-        for _ in range(self.predict_steps):
-            mu = predictions(x)
-            eps = {c: x[c] - mu[c] for c in free}
-            learn(eps, None)
-            for v in free:
-                x[v] = mu[v] if s.gamma == 1 else x[v] - s.gamma * eps[v]
-        mu = predictions(x)
+        k.begin("predict", shapes)
+        x = {**inputs, **{v: torch.zeros(shapes[v], device=dev, dtype=dt) for v in free}}
+        updates: dict = {}
+        for t in range(self.predict_steps):
+            mu = {c: k.prediction(c, activated) for c in free}
+            eps = {c: k.error(c, x[c], mu[c], None) for c in free}
+            k.observe(t, eps, free)
+            for i in range(len(edges)):
+                signal = k.learn_signal(i, t, eps[edges[i].dst]) if cg.has_params(i) else None
+                if signal is not None:
+                    grads = k.edge_vjp(i, activated(i), signal, [False] * len(edges[i].sources), True)[1]
+                    k.accumulate(updates, edges[i].key, grads)
+            x = {**x, **{c: k.advance(c, x[c], mu[c], eps[c], None) for c in free}}
+        mu = {c: k.prediction(c, activated) for c in free}
         outputs = {o: mu[o] for o in cg.graph.outputs}
-        loss = net.loss(outputs, targets)
+        loss = self.objective.value(outputs, targets)
 
-        # 2. learning phase: target clamped at t = 0, full dynamics, phi-gated learning
-        for t in range(self.T + 1):
-            mu = predictions(x) if t else mu
-            eps = {c: (cg.losses[c].error(mu[c], targets[c]) if role[c] == "output" else x[c] - mu[c])
-                   for c in free}
-            learn(eps, t)
-            if t == self.T:
-                break
-            new_x = dict(x)
-            for v in free:
-                if role[v] != "hidden":
-                    continue
-                fb = None
-                for i in cg.out_edges(v):
-                    u = f_src(x, i)
-                    term = net.feedback(i, u, acts[i].df(x[v], u), eps[edges[i].dst])
-                    fb = term if fb is None else fb + term
-                new_x[v] = mu[v] + fb if s.gamma == 1 else x[v] + s.gamma * (fb - eps[v])
-            x = new_x
-
-        for v in self.learners:
-            exp_v = expected[v]
-            self.stats.expected += int(exp_v.sum())
-            self.stats.detected += int((exp_v & fired_right[v] & (fires[v] == 1)).sum())
-            self.stats.false_fires += int((fires[v] - fired_right[v].long()).sum())
-        write_grads(net, acc, batch)
+        # 2. learning phase: target clamped at t = 0, full dynamics, trigger-gated learning
+        k.begin("learn", shapes)
+        start = {v: x[v] for v in cg.order if cg.role(v) != "output"}
+        if self.settings.reference:
+            _, _, learned = run_reference(k, self.update_times, inputs, targets, self.T, start=start)
+        else:
+            learned = run_plan(k, self.plan, start, mu, targets).updates
+        for key, group in learned.items():
+            k.accumulate(updates, key, group)
+        k.finish()
+        self.write_grads(updates, batch)
         return StepInfo(float(loss), outputs)
+
+    def get_extra_state(self):
+        return {"stats": vars(self.stats).copy()}
+
+    def set_extra_state(self, state):
+        if state and "stats" in state:
+            for key, val in state["stats"].items():
+                setattr(self.stats, key, val)
 
     def describe(self) -> str:
         s = self.settings
-        return (f"rule fazil: t_d={s.t_d} gamma={s.gamma} prediction phase {self.predict_steps} steps "
-                f"(graph height {self.height}), learning phase t = 0..{self.T}; every weight row gated "
-                f"by phi(eps) each step (no update schedule)")
+        head = (f"rule fazil: trigger={s.trigger} t_d={s.t_d} gamma={s.gamma} prediction phase "
+                f"{self.predict_steps} steps (graph height {self.height}), learning phase t = 0..{self.T}; "
+                f"every weight row gated by its node's trigger each step (no update schedule)")
+        return head + "\n" + self.plan.describe(self.net.compiled)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..compile import build_plan, run_inference, run_reference
+from ..compile import PCKernel, build_plan, feedforward, run_plan, run_reference
 from ..errors import SpecError
 from .base import RULES, LearningRule, StepInfo
 
@@ -52,12 +52,13 @@ class ILSettings:
 class InferenceLearning(LearningRule):
     name = "il"
     Settings = ILSettings
+    Kernel = PCKernel
 
-    def __init__(self, net, settings=None, seed: int = 0):
-        super().__init__(net, settings, seed)
+    def __init__(self, net, settings=None, seed: int = 0, reduction: str = "mean"):
+        super().__init__(net, settings, seed, reduction)
         s = self.settings
         cg = net.compiled
-        depth_max = max((cg.depth[e.dst] for i, e in enumerate(cg.edges) if cg.ops[i].param_shapes()), default=0)
+        depth_max = max((cg.depth[cg.edges[i].dst] for i in range(len(cg.edges)) if cg.has_params(i)), default=0)
         if s.update_at == "depth":
             T = depth_max if s.T is None else s.T
             if T < depth_max:
@@ -72,18 +73,32 @@ class InferenceLearning(LearningRule):
                                 "train.algorithm.update_at")
             times = [t_c] * len(cg.edges)
         self.T = T
-        self.update_times = [t if cg.ops[i].param_shapes() else None for i, t in enumerate(times)]
+        self.update_times = [t if cg.has_params(i) else None for i, t in enumerate(times)]
+        self.kernel = self.Kernel(net, self.objective, s.gamma)
         self.plan = build_plan(cg, self.update_times, c1=(s.init_noise == 0))
         self.generator = torch.Generator(device=net.device).manual_seed(seed + 7919)
 
     def compute_grads(self, inputs, targets):
-        s = self.settings
+        s, k = self.settings, self.kernel
+        x, mu = feedforward(k, inputs)
+        outputs = {o: mu[o] for o in self.net.compiled.graph.outputs}
+        loss = self.objective.value(outputs, targets)
         if s.reference:
-            res = run_reference(self.net, self.update_times, inputs, targets, s.gamma, s.init_noise,
-                                self.generator, self.T)
+            _, _, updates = run_reference(k, self.update_times, inputs, targets, self.T, s.init_noise,
+                                          self.generator)
         else:
-            res = run_inference(self.net, self.plan, inputs, targets, s.gamma, s.init_noise, self.generator)
-        return StepInfo(float(res.loss), res.outputs)
+            if s.init_noise:
+                k.perturb(x, s.init_noise, self.generator)
+            updates = run_plan(k, self.plan, x, mu, targets).updates
+        self.write_grads(updates, next(iter(inputs.values())).shape[0])
+        return StepInfo(float(loss), outputs)
+
+    def get_extra_state(self):
+        return {"generator": self.generator.get_state()}
+
+    def set_extra_state(self, state):
+        if state and state.get("generator") is not None:
+            self.generator.set_state(state["generator"])
 
     def describe(self) -> str:
         s = self.settings

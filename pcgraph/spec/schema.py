@@ -154,8 +154,11 @@ class Spec:
         self.model.add_node(ValueNode(name, shape, role))
         return self
 
-    def add_edge(self, src: str, dst: str, op: str = "linear", activation: str = "identity",
-                 bias: bool = False, param: str | None = None, **options) -> "Spec":
+    def add_edge(self, src: str | list[str], dst: str, op: str = "linear",
+                 activation: str | list[str] = "identity", bias: bool = False, param: str | None = None,
+                 **options) -> "Spec":
+        """``src``: a node name or an ordered list of names (multi-input ops such as ``mul``);
+        ``activation``: one name for all sources or a list, one per source."""
         self.model.add_edge(Edge(src, dst, op, activation, bias, param, options))
         return self
 
@@ -251,9 +254,20 @@ class Spec:
                 options = {k: v for k, v in e.items() if k not in EDGE_KEYS}
                 bias = e.get("bias", False)
                 _typed(bias, (bool,), f"{where}.bias", "true or false")
-                spec.model.add_edge(Edge(str(e["from"]), str(e["to"]), e.get("op", "linear"),
-                                         e.get("activation", "identity"), bias, e.get("param"), options,
-                                         e.get("kind", "edge")))
+                src = e["from"]
+                if isinstance(src, list):
+                    if not src:
+                        raise SpecError("'from' needs a node name or a non-empty list of node names",
+                                        f"{where}.from")
+                    src = [str(v) for v in src]
+                else:
+                    src = str(src)
+                act = e.get("activation", "identity")
+                if not isinstance(act, (str, list)):
+                    raise SpecError(f"expected an activation name or a list of names, got {act!r}",
+                                    f"{where}.activation")
+                spec.model.add_edge(Edge(src, str(e["to"]), e.get("op", "linear"), act, bias, e.get("param"),
+                                         options, e.get("kind", "edge")))
             spec.loss = d.get("loss", "mse")
             spec.train = TrainSpec.from_dict(d.get("train"))
         except PCGraphError as err:

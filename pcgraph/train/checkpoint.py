@@ -10,7 +10,7 @@ import torch
 
 from ..errors import CheckpointError
 
-FORMAT = "pcgraph-checkpoint-1"
+FORMAT = "pcgraph-checkpoint-2"   # 2: the rule's own state_dict (and optimizer) are saved too
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:

@@ -53,6 +53,8 @@ class Experiment:
     rule: LearningRule
     optimizer: torch.optim.Optimizer
     batches: GraphBatches | None
+    #: the rule's own optimizer, when it asks for one (else its parameters join ``optimizer``)
+    rule_optimizer: torch.optim.Optimizer | None = None
 
     @classmethod
     def build(cls, spec: Spec, device="cpu", dtype="float32", with_data: bool = True,
@@ -60,12 +62,19 @@ class Experiment:
         """``splits``: an already loaded dataset to reuse (else ``spec.data`` is loaded)."""
         try:
             device, dtype = resolve_device(device), resolve_dtype(dtype)
-            compiled = compile_graph(spec.model, spec.loss, spec.train.reduction) if net is None else net.compiled
+            compiled = compile_graph(spec.model, spec.loss) if net is None else net.compiled
             if net is None:
                 net = PCNetwork(compiled, seed=spec.seed, device=device, dtype=dtype)
             alg = spec.train.algorithm
-            rule = make_rule(alg.name, net, alg.settings, seed=spec.seed)
-            optimizer = make_optimizer(spec.train.optimizer, net.parameters())
+            rule = make_rule(alg.name, net, alg.settings, seed=spec.seed, reduction=spec.train.reduction)
+            rule.to(device=device)
+            own, rule_optimizer = rule.trainable(), None
+            groups = [{"params": list(net.parameters())}]
+            if own and rule.optimizer_config() is None:
+                groups.append({"params": own})
+            elif own:
+                rule_optimizer = make_optimizer(rule.optimizer_config(), own, "the rule's optimizer")
+            optimizer = make_optimizer(spec.train.optimizer, groups)
             batches = None
             if with_data:
                 d = spec.data
@@ -75,16 +84,20 @@ class Experiment:
                                        d.shuffle, seed=spec.seed)
         except PCGraphError as err:
             raise spec.locate(err) from None
-        return cls(spec, compiled, net, rule, optimizer, batches)
+        return cls(spec, compiled, net, rule, optimizer, batches, rule_optimizer)
+
+    @property
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [o for o in (self.optimizer, self.rule_optimizer) if o is not None]
 
     def step(self, inputs, targets) -> float:
         """One update; returns the batch's loss per sample (whatever the reduction)."""
-        self.optimizer.zero_grad(set_to_none=True)
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
         info = self.rule.compute_grads(inputs, targets)
-        self.optimizer.step()
-        if self.compiled.reduction == "sum":
-            return info.loss / next(iter(inputs.values())).shape[0]
-        return info.loss
+        for opt in self.optimizers:
+            opt.step()
+        return self.rule.per_sample_loss(info, next(iter(inputs.values())).shape[0])
 
     @torch.no_grad()
     def evaluate(self) -> dict:
@@ -92,8 +105,8 @@ class Experiment:
         total, correct, loss_sum = 0, {o: 0 for o in self.compiled.graph.outputs}, 0.0
         for inputs, targets, labels in self.batches.test():
             outs = self.net(inputs)
-            batch_loss = float(self.net.loss(outs, targets))
-            loss_sum += batch_loss if self.compiled.reduction == "sum" else batch_loss * len(labels)
+            objective = self.rule.objective
+            loss_sum += objective.per_sample(float(objective.value(outs, targets)), len(labels)) * len(labels)
             for o, mu in outs.items():
                 correct[o] += int((mu.reshape(len(labels), -1).argmax(1) == labels).sum())
             total += len(labels)
@@ -117,8 +130,9 @@ class Trainer:
     def state(self, epoch: int) -> dict:
         return {"spec": self.exp.spec.to_dict(), "epoch": epoch, "model": self.exp.net.state_dict(),
                 "optimizer": self.exp.optimizer.state_dict(),
+                "rule": self.exp.rule.state_dict(),
+                "rule_optimizer": self.exp.rule_optimizer.state_dict() if self.exp.rule_optimizer else None,
                 "batch_rng": self.exp.batches.generator.get_state(),
-                "rule_rng": getattr(self.exp.rule, "generator", None) and self.exp.rule.generator.get_state(),
                 "history": self.history}
 
     def resume(self) -> None:
@@ -130,11 +144,12 @@ class Trainer:
         try:
             self.exp.net.load_state_dict(state["model"])
             self.exp.optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as exc:
+            self.exp.rule.load_state_dict(state["rule"])
+            if self.exp.rule_optimizer is not None:
+                self.exp.rule_optimizer.load_state_dict(state["rule_optimizer"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
             raise CheckpointError(f"the checkpoint does not fit this spec: {exc}", None, str(path)) from None
         self.exp.batches.generator.set_state(state["batch_rng"])
-        if state.get("rule_rng") is not None and hasattr(self.exp.rule, "generator"):
-            self.exp.rule.generator.set_state(state["rule_rng"])
         self.history = list(state.get("history", []))
         self.start_epoch = int(state["epoch"])
         self.log(f"resumed from {path} after epoch {self.start_epoch}")

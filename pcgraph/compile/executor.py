@@ -1,0 +1,122 @@
+"""Run an :class:`InferencePlan` through a :class:`PCKernel`: the compiled PC program.
+
+The fast path: each step computes only what the plan lists (predictions, errors, one VJP
+per edge serving both its feedback and its update, value moves), caches ``f(x)`` and
+``f'(x)`` per node and activation, and never calls autograd on the graph. Every
+quantity itself comes from the kernel, so a rule that configures the kernel
+(Fa-Z-IL's gate, later feedback alignment's messages) runs on this same loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .kernel import PCKernel
+from .plan import InferencePlan
+
+
+@dataclass
+class InferenceResult:
+    values: dict[str, torch.Tensor]      # final values x_v
+    errors: dict[str, torch.Tensor]      # last computed errors eps_v
+    updates: dict                        # key -> name -> sum_b of the local updates taken
+
+
+class _Values:
+    """Node values with a cache of ``f(x)`` and ``f'(x)`` per (node, activation)."""
+
+    def __init__(self, kernel: PCKernel, x: dict[str, torch.Tensor]):
+        cg = kernel.cg
+        self.kernel = kernel
+        self.sources = [e.sources for e in cg.edges]
+        self.names = [tuple(a.name for a in acts) for acts in cg.acts]
+        self.x = dict(x)
+        self._f: dict[str, dict[str, torch.Tensor]] = {v: {} for v in cg.order}
+        self._df: dict[str, dict[str, torch.Tensor]] = {v: {} for v in cg.order}
+
+    def set(self, v: str, value: torch.Tensor) -> None:
+        self.x[v] = value
+        self._f[v] = {}
+        self._df[v] = {}
+
+    def f(self, i: int, k: int) -> torch.Tensor:
+        v, name = self.sources[i][k], self.names[i][k]
+        cache = self._f[v]
+        out = cache.get(name)
+        if out is None:
+            out = cache[name] = self.kernel.f(i, k, self.x[v])
+        return out
+
+    def inputs(self, i: int) -> list[torch.Tensor]:
+        return [self.f(i, k) for k in range(len(self.sources[i]))]
+
+    def df(self, i: int, k: int) -> torch.Tensor:
+        v, name = self.sources[i][k], self.names[i][k]
+        cache = self._df[v]
+        out = cache.get(name)
+        if out is None:
+            out = cache[name] = self.kernel.df(i, k, self.x[v], self.f(i, k))
+        return out
+
+
+@torch.no_grad()
+def run_plan(kernel: PCKernel, plan: InferencePlan, x: dict[str, torch.Tensor], mu: dict[str, torch.Tensor],
+             targets: dict[str, torch.Tensor]) -> InferenceResult:
+    """Run ``plan`` from the values ``x`` (inputs clamped) whose predictions ``mu`` are
+    known where the plan does not recompute them (the feed-forward pass's)."""
+    cg = kernel.cg
+    edges = cg.edges
+    vals = _Values(kernel, x)
+    mu = dict(mu)
+    eps: dict[str, torch.Tensor] = {}
+    acc: dict = {}
+    for step in plan.steps:
+        t = step.t
+        for c in step.mu:
+            mu[c] = kernel.prediction(c, vals.inputs)
+        for c in step.eps:
+            eps[c] = kernel.error(c, vals.x.get(c), mu[c], targets.get(c))
+        kernel.observe(t, eps, step.eps)
+        messages: dict[str, list[torch.Tensor]] = {}
+        for i, wanted, want_params in step.vjps:
+            e = edges[i]
+            eps_c = eps[e.dst]
+            us = vals.inputs(i)
+            signal = kernel.learn_signal(i, t, eps_c) if want_params else None
+            if signal is eps_c:
+                gin, gp = kernel.edge_vjp(i, us, eps_c, wanted, True)
+            else:
+                gin = kernel.edge_vjp(i, us, eps_c, wanted, False)[0] if any(wanted) else None
+                gp = kernel.edge_vjp(i, us, signal, [False] * len(us), True)[1] if signal is not None else None
+            if gp:
+                kernel.accumulate(acc, e.key, gp)
+            for k, w in enumerate(wanted):
+                if w:
+                    messages.setdefault(e.sources[k], []).append(
+                        kernel.message(i, k, gin[k], lambda i=i, k=k: vals.df(i, k)))
+        for a in step.advance:
+            drive = kernel.aggregate(a.node, messages.get(a.node, []))
+            new = kernel.advance(a.node, vals.x[a.node], mu.get(a.node), eps[a.node] if a.own_error else None,
+                                 drive)
+            vals.set(a.node, new)
+    return InferenceResult(vals.x, eps, acc)
+
+
+@torch.no_grad()
+def feedforward(kernel: PCKernel, inputs: dict[str, torch.Tensor]):
+    """C1's starting state: every hidden value at its prediction. Returns ``(x, mu)``
+    (outputs are not in ``x``: they are clamped or free, never part of the start)."""
+    cg = kernel.cg
+    vals = _Values(kernel, {})
+    mu: dict[str, torch.Tensor] = {}
+    for v in cg.order:
+        role = cg.role(v)
+        if role == "input":
+            vals.set(v, inputs[v])
+        else:
+            mu[v] = kernel.prediction(v, vals.inputs)
+            if role == "hidden":
+                vals.set(v, mu[v])
+    return vals.x, mu

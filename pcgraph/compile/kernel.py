@@ -1,0 +1,115 @@
+"""The PC dynamics kernel: the one place that defines predictive coding's quantities.
+
+On a compiled graph, with integration step ``gamma``:
+
+    prediction   mu_c      = sum_{e: [p_1..p_n] -> c} op_e(f_1(x_p1), .., f_n(x_pn))
+    error        eps_c     = x_c - mu_c                (hidden)  |  -dl/dmu_c  (clamped output)
+    message      m_{e,k}   = f_k'(x_pk) * (d op_e / d u_k)^T eps_c       (edge e to its source k)
+    aggregate    drive_v   = sum of the messages to v
+    advance      x_v(t+1)  = x_v + gamma * (drive_v - eps_v)   (= mu_v + drive_v when gamma = 1)
+    update       Delta_e   = sum_b (d op_e / d theta_e)^T s_c   with s_c = learn_signal(e, t, eps_c)
+
+Each quantity is a method, so a rule changes PC by overriding the one it changes, as a
+PyG layer overrides ``message``: feedback alignment will replace ``edge_vjp``'s input
+part with fixed random matrices, Fa-Z-IL gates ``learn_signal`` by its ``phi``,
+target propagation will replace ``error``. :func:`pcgraph.compile.executor.run_plan` (the
+fast path: only what the plan lists, with caches) and
+:func:`pcgraph.compile.interpreter.run_reference` (every quantity at every step) both
+compute through a kernel; neither imports the other.
+
+``advance`` with ``gamma = 1`` evaluates ``mu_v + drive_v`` rather than
+``x_v + (drive_v - eps_v)``: the same number without the cancellation, so an error at
+rest stays exactly 0 (Fa-Z-IL's ``phi`` tests ``eps == 0``).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from ..ops import Objective
+from .network import PCNetwork
+
+Tensor = torch.Tensor
+
+
+class PCKernel:
+    """PC's equations on ``net`` with a training ``objective`` and step ``gamma``."""
+
+    def __init__(self, net: PCNetwork, objective: Objective, gamma: float = 1.0):
+        self.net = net
+        self.cg = net.compiled
+        self.objective = objective
+        self.gamma = float(gamma)
+
+    # ---- per-source activations ------------------------------------------------------
+    def f(self, i: int, k: int, x: Tensor) -> Tensor:
+        return self.cg.acts[i][k].f(x)
+
+    def df(self, i: int, k: int, x: Tensor, fx: Tensor) -> Tensor:
+        return self.cg.acts[i][k].df(x, fx)
+
+    # ---- quantities ------------------------------------------------------------------
+    def prediction(self, c: str, inputs_of: Callable[[int], Sequence[Tensor]]) -> Tensor:
+        """``mu_c``; ``inputs_of(i)`` gives edge ``i``'s activated sources ``[f_k(x_pk)]``."""
+        return self.net.predict(c, inputs_of)
+
+    def error(self, c: str, x_c: Tensor | None, mu_c: Tensor, target: Tensor | None) -> Tensor:
+        if self.cg.role(c) == "output" and target is not None:   # clamped; a free output relaxes
+            return self.objective.error(c, mu_c, target)
+        return x_c - mu_c
+
+    def edge_vjp(self, i: int, us: Sequence[Tensor], eps_c: Tensor, wanted: Sequence[bool],
+                 want_params: bool) -> tuple[list[Tensor | None], dict[str, Tensor] | None]:
+        """``(d op_e/d u_k)^T eps_c`` for the wanted sources and, if asked, the local update
+        ``sum_b (d op_e/d theta)^T eps_c``: one call, so ops share work between the two."""
+        return self.cg.ops[i].vjp(self.net.edge_params(i), us, eps_c, wanted, want_params)
+
+    def message(self, i: int, k: int, g: Tensor, df: Callable[[], Tensor]) -> Tensor:
+        """The message of edge ``i`` to its source ``k``: ``f_k'(x) * g``; ``df()`` gives
+        ``f_k'(x)`` (called only when the activation is not the identity)."""
+        return g if self.cg.acts[i][k].is_identity else df() * g
+
+    def aggregate(self, v: str, messages: list[Tensor]) -> Tensor | None:
+        drive = None
+        for m in messages:
+            drive = m if drive is None else drive + m
+        return drive
+
+    def advance(self, v: str, x_v: Tensor, mu_v: Tensor | None, eps_v: Tensor | None,
+                drive: Tensor | None) -> Tensor:
+        """``x_v + gamma * (drive - eps_v)``; ``eps_v`` None means known to be 0."""
+        if eps_v is None:
+            if drive is None:
+                return x_v
+            return x_v + drive if self.gamma == 1 else x_v + self.gamma * drive
+        if self.gamma == 1:
+            return mu_v if drive is None else mu_v + drive
+        return x_v + self.gamma * ((drive if drive is not None else 0) - eps_v)
+
+    # ---- learning hooks --------------------------------------------------------------
+    def observe(self, t: int, eps: dict[str, Tensor], computed: Sequence[str]) -> None:
+        """Called once per step after the errors listed in ``computed`` were (re)computed."""
+
+    def learn_signal(self, i: int, t: int, eps_c: Tensor) -> Tensor | None:
+        """The error that drives edge ``i``'s update at step ``t`` (None: no update now)."""
+        return eps_c
+
+    @staticmethod
+    def accumulate(acc: dict, key: str, grads: dict[str, Tensor]) -> None:
+        """Sum local updates per parameter group (ops return fresh tensors: summed in place)."""
+        group = acc.setdefault(key, {})
+        for name, g in grads.items():
+            if name in group:
+                group[name].add_(g)
+            else:
+                group[name] = g
+
+    # ---- the starting state ----------------------------------------------------------
+    def perturb(self, x: dict[str, Tensor], sigma: float, generator: torch.Generator | None) -> None:
+        """Add ``N(0, sigma^2)`` to every hidden value (breaking C1), in topological order."""
+        for v in self.cg.order:
+            if self.cg.role(v) == "hidden":
+                noise = torch.randn(x[v].shape, generator=generator, device=x[v].device, dtype=x[v].dtype)
+                x[v] = x[v] + sigma * noise
