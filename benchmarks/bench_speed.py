@@ -72,7 +72,7 @@ def main() -> None:
 
     def pc_step(name, settings):
         net = copy.deepcopy(base.net)
-        rule = make_rule(name, net, settings, seed=spec.seed)
+        rule = make_rule(name, net, settings, seed=spec.seed, reduction=spec.train.reduction)
         opt = make_optimizer(spec.train.optimizer, net.parameters())
 
         def step():

@@ -24,15 +24,18 @@ class InferenceResult:
     updates: dict                        # key -> name -> sum_b of the local updates taken
 
 
-class _Values:
-    """Node values with a cache of ``f(x)`` and ``f'(x)`` per (node, activation)."""
+class State:
+    """Node values ``x`` and predictions ``mu``, with a cache of ``f(x)`` and ``f'(x)`` per
+    (node, activation) that lives as long as the value (the feed-forward pass's ``f(x)``
+    serve the first inference steps)."""
 
-    def __init__(self, kernel: PCKernel, x: dict[str, torch.Tensor]):
+    def __init__(self, kernel: PCKernel, x: dict[str, torch.Tensor], mu: dict[str, torch.Tensor] | None = None):
         cg = kernel.cg
         self.kernel = kernel
         self.sources = [e.sources for e in cg.edges]
         self.names = [tuple(a.name for a in acts) for acts in cg.acts]
         self.x = dict(x)
+        self.mu = dict(mu or {})
         self._f: dict[str, dict[str, torch.Tensor]] = {v: {} for v in cg.order}
         self._df: dict[str, dict[str, torch.Tensor]] = {v: {} for v in cg.order}
 
@@ -61,15 +64,23 @@ class _Values:
         return out
 
 
+    def perturb(self, sigma: float, generator: torch.Generator | None) -> None:
+        """Break C1: ``N(0, sigma^2)`` on every hidden value (through the kernel)."""
+        x = dict(self.x)
+        self.kernel.perturb(x, sigma, generator)
+        for v, value in x.items():
+            if value is not self.x[v]:
+                self.set(v, value)
+
+
 @torch.no_grad()
-def run_plan(kernel: PCKernel, plan: InferencePlan, x: dict[str, torch.Tensor], mu: dict[str, torch.Tensor],
+def run_plan(kernel: PCKernel, plan: InferencePlan, state: State,
              targets: dict[str, torch.Tensor]) -> InferenceResult:
-    """Run ``plan`` from the values ``x`` (inputs clamped) whose predictions ``mu`` are
-    known where the plan does not recompute them (the feed-forward pass's)."""
+    """Run ``plan`` from ``state``: values ``x`` (inputs clamped) whose predictions ``mu``
+    are known where the plan does not recompute them (the feed-forward pass's)."""
     cg = kernel.cg
     edges = cg.edges
-    vals = _Values(kernel, x)
-    mu = dict(mu)
+    vals, mu = state, state.mu
     eps: dict[str, torch.Tensor] = {}
     acc: dict = {}
     for step in plan.steps:
@@ -101,22 +112,21 @@ def run_plan(kernel: PCKernel, plan: InferencePlan, x: dict[str, torch.Tensor], 
             new = kernel.advance(a.node, vals.x[a.node], mu.get(a.node), eps[a.node] if a.own_error else None,
                                  drive)
             vals.set(a.node, new)
-    return InferenceResult(vals.x, eps, acc)
+    return InferenceResult(dict(vals.x), eps, acc)
 
 
 @torch.no_grad()
-def feedforward(kernel: PCKernel, inputs: dict[str, torch.Tensor]):
-    """C1's starting state: every hidden value at its prediction. Returns ``(x, mu)``
-    (outputs are not in ``x``: they are clamped or free, never part of the start)."""
+def feedforward(kernel: PCKernel, inputs: dict[str, torch.Tensor]) -> State:
+    """C1's starting state: every hidden value at its prediction (outputs are not in
+    ``x``: they are clamped or free; their feed-forward prediction is in ``mu``)."""
     cg = kernel.cg
-    vals = _Values(kernel, {})
-    mu: dict[str, torch.Tensor] = {}
+    state = State(kernel, {})
     for v in cg.order:
         role = cg.role(v)
         if role == "input":
-            vals.set(v, inputs[v])
+            state.set(v, inputs[v])
         else:
-            mu[v] = kernel.prediction(v, vals.inputs)
+            state.mu[v] = kernel.prediction(v, state.inputs)
             if role == "hidden":
-                vals.set(v, mu[v])
-    return vals.x, mu
+                state.set(v, state.mu[v])
+    return state

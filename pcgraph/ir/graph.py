@@ -382,5 +382,6 @@ class PCGraph:
         for e in self.edges:
             extra = f" param={e.param}" if e.param else ""
             tag = "" if e.kind == "edge" else f" [{e.kind}]"
-            lines.append(f"  edge {e.label}: {e.op}({e.activation}){' +bias' if e.bias else ''}{extra}{tag}")
+            act = ",".join(e.activation) if isinstance(e.activation, tuple) else e.activation
+            lines.append(f"  edge {e.label}: {e.op}({act}){' +bias' if e.bias else ''}{extra}{tag}")
         return "\n".join(lines)

@@ -14,3 +14,6 @@ class Backprop(LearningRule):
         loss = self.objective.value(outputs, targets)
         loss.backward()
         return StepInfo(float(loss.detach()), {k: v.detach() for k, v in outputs.items()})
+
+    def describe(self) -> str:
+        return "rule bp: torch autograd through the feed-forward graph (the reference every rule is checked against)"

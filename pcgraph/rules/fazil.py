@@ -56,7 +56,7 @@ from typing import Literal
 
 import torch
 
-from ..compile import EVERY, PCKernel, build_full_plan, run_plan, run_reference
+from ..compile import EVERY, PCKernel, State, build_full_plan, run_plan, run_reference
 from ..errors import SpecError
 from .base import RULES, LearningRule, StepInfo
 
@@ -226,7 +226,7 @@ class FullyAutonomousZIL(LearningRule):
         if self.settings.reference:
             _, _, learned = run_reference(k, self.update_times, inputs, targets, self.T, start=start)
         else:
-            learned = run_plan(k, self.plan, start, mu, targets).updates
+            learned = run_plan(k, self.plan, State(k, start, mu), targets).updates
         for key, group in learned.items():
             k.accumulate(updates, key, group)
         k.finish()

@@ -80,16 +80,16 @@ class InferenceLearning(LearningRule):
 
     def compute_grads(self, inputs, targets):
         s, k = self.settings, self.kernel
-        x, mu = feedforward(k, inputs)
-        outputs = {o: mu[o] for o in self.net.compiled.graph.outputs}
+        state = feedforward(k, inputs)
+        outputs = {o: state.mu[o] for o in self.net.compiled.graph.outputs}
         loss = self.objective.value(outputs, targets)
         if s.reference:
             _, _, updates = run_reference(k, self.update_times, inputs, targets, self.T, s.init_noise,
                                           self.generator)
         else:
             if s.init_noise:
-                k.perturb(x, s.init_noise, self.generator)
-            updates = run_plan(k, self.plan, x, mu, targets).updates
+                state.perturb(s.init_noise, self.generator)
+            updates = run_plan(k, self.plan, state, targets).updates
         self.write_grads(updates, next(iter(inputs.values())).shape[0])
         return StepInfo(float(loss), outputs)
 
