@@ -7,7 +7,8 @@ width and activation), each variant is trained side by side with BP from the sam
 - C1: ``init_noise`` sigma in {0, 1e-4, 1e-3, 1e-2, 0.1, 1, 10, 100};
 - C2: ``update_at`` in {depth, 0, 1, 2, 3, 4, 16, 64} (a fixed ``t`` is IL with ``t_c = t``);
 - C3: ``gamma`` in {0.01, 0.1, 0.5, 1, 5, 10};
-- Fa-Z-IL: ``phi``'s detection success rate for ``t_d`` in {1, 2, 3, 4, 5, 6, 7, 8, 16}.
+- Fa-Z-IL: Song's ``phi`` trigger's detection success rate for ``t_d`` in {1, 2, 3, 4, 5, 6, 7, 8, 16}
+  (false fires count against it).
 
 Divergence from BP as in the seeds: the L1 distance of the test error (in %), averaged
 over the evaluations (one per epoch), and the sum over parameters of the L2 distance of
@@ -132,7 +133,7 @@ def run_ablation(spec: Spec, out: str | Path, cfg: AblationConfig,
 
 def _detection(base, splits, cfg, init_net, t_d, n_hidden, seed) -> dict:
     vspec = copy.deepcopy(base)
-    vspec.train.algorithm = AlgorithmSpec("fazil", {"t_d": t_d})
+    vspec.train.algorithm = AlgorithmSpec("fazil", {"t_d": t_d, "trigger": "phi"})
     exp = Experiment.build(vspec, cfg.device, cfg.dtype, splits=splits, net=copy.deepcopy(init_net))
     for k, (inputs, targets, _labels) in enumerate(exp.batches.train()):
         if k >= cfg.fazil_batches:
