@@ -9,3 +9,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 _shared = Path(__file__).resolve().parents[2] / "shared" / "data"
 if "PCGRAPH_DATA" not in os.environ and _shared.exists():
     os.environ["PCGRAPH_DATA"] = str(_shared)
+
+# One torch thread: on a shared 2-core machine, two threads per test process contend with
+# everything else and make run times swing (measured: 66 s vs 6 s for test_fazil.py).
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
