@@ -3,11 +3,11 @@
     python benchmarks/bench_speed.py [graphs/mnist_mlp_wide.yaml] [--device cpu] [--steps 100]
 
 ``torch`` is a plain ``nn.Sequential`` with the same weights trained with autograd (built
-for chain graphs of linear edges); ``bp`` is pcgraph's autograd reference on the compiled
-graph; ``zil`` and ``il`` run the compiled PC programs (``il`` with T = 20, gamma = 0.1,
-update at t = T). Each method runs the same optimizer on the same batch shapes; rounds are
-interleaved so that machine noise hits every method alike, and the median round is
-reported, with ratios to ``torch``.
+for chain graphs of linear edges; ``bench_transformer.py`` does the transformer block);
+``bp`` is pcgraph's autograd reference on the compiled graph; ``zil`` and ``il`` run the
+compiled PC programs (``il`` with T = 20, gamma = 0.1, update at t = T). Each method runs
+the same optimizer on the same batch shapes; rounds are interleaved so that machine noise
+hits every method alike, and the median round is reported, with ratios to ``torch``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from pcgraph import Spec
 from pcgraph.rules import make_rule
 from pcgraph.train import Experiment, make_optimizer
 
-ACT = {"tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "relu": nn.ReLU, "identity": nn.Identity}
+ACT = {"tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "relu": nn.ReLU, "identity": nn.Identity,
+       "leaky_relu": lambda: nn.LeakyReLU(0.01), "softplus": nn.Softplus, "elu": nn.ELU}
 
 
 def torch_model(exp: Experiment) -> nn.Module:

@@ -1,0 +1,107 @@
+"""Every spec in graphs/ is exact under Z-IL and Fa-Z-IL, and the new ones learn.
+
+The specs are globbed, so a new file in graphs/ is covered without touching this file.
+Specs on MNIST / FashionMNIST are marked ``mnist`` and skipped when the files are missing
+(``PCGRAPH_DATA``, or ``../shared/data`` via conftest.py). Data are cut to small subsets so
+that the whole file runs in well under a minute.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pcgraph import Experiment, Spec, Trainer
+from pcgraph.train import check_against_bp
+
+GRAPHS = Path(__file__).resolve().parents[1] / "graphs"
+SPECS = sorted(GRAPHS.glob("*.yaml"))
+
+# torchvision's folder for each offline dataset (pcgraph/data/datasets.py)
+FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "cifar10": "cifar-10-batches-py"}
+TOL = 1e-10
+FAST = ["data.train_subset=256", "data.test_subset=64"]
+
+
+def _have(dataset: str) -> bool:
+    if dataset not in FOLDERS:
+        return True  # bundled (digits)
+    root = os.environ.get("PCGRAPH_DATA")
+    return bool(root) and (Path(root) / FOLDERS[dataset]).is_dir()
+
+
+def _marks(dataset: str) -> list:
+    marks = []
+    if dataset in ("mnist", "fashion_mnist"):
+        marks.append(pytest.mark.mnist)
+    if not _have(dataset):
+        marks.append(pytest.mark.skip(reason=f"{dataset} files not found (set PCGRAPH_DATA)"))
+    return marks
+
+
+def _spec_param(path: Path):
+    return pytest.param(path, marks=_marks(Spec.load(path).data.dataset), id=path.stem)
+
+
+NEW = {"gated_mlp": "mul", "concat_branches": "concat", "transformer_block": "attention"}
+
+
+@pytest.mark.parametrize("name", sorted(NEW))
+def test_new_specs_use_their_op_and_describe_themselves(name):
+    spec = Spec.load(GRAPHS / f"{name}.yaml")
+    assert spec.description
+    edges = [e for e in spec.model.edges if e.op == NEW[name]]
+    assert edges, f"{name}: no {NEW[name]} edge"
+    if NEW[name] in ("mul", "concat"):
+        assert all(len(e.sources) == 2 for e in edges)
+
+
+@pytest.mark.parametrize("algorithm", ["zil", "fazil"])
+@pytest.mark.parametrize("path", [_spec_param(p) for p in SPECS])
+def test_spec_matches_bp(path, algorithm):
+    spec = Spec.load(path, overrides=[f"train.algorithm={algorithm}", *FAST])
+    report = check_against_bp(spec, steps=2, dtype="float64")
+    assert report.params, "no parameters compared"
+    assert report.max_divergence <= TOL, report.format()
+    # nothing trivially zero: every parameter moves under BP (well above round-off)
+    still = [p.name for p in report.params if not p.bp_update > 1e-8]
+    assert not still, f"parameters BP does not update: {still}\n{report.format()}"
+
+
+def test_every_spec_names_and_describes_itself():
+    for path in SPECS:
+        text = path.read_text()
+        assert text.lstrip().startswith("#"), f"{path.name}: no description comment"
+        spec = Spec.load(path)
+        assert spec.name and spec.seed is not None and spec.model.nodes
+
+
+def _fit(path, overrides, epochs):
+    exp = Experiment.build(Spec.load(path, overrides=overrides))
+    return Trainer(exp, out=None, progress=False, log=lambda s: None).fit(epochs)
+
+
+@pytest.mark.parametrize("name", ["gated_mlp", "concat_branches"])
+def test_digits_dags_learn(name):
+    history = _fit(GRAPHS / f"{name}.yaml", [], 3)
+    assert history[-1]["test_accuracy"] > 0.8, history
+
+
+def test_transformer_block_shapes_and_relays():
+    from pcgraph import compile_graph
+
+    spec = Spec.load(GRAPHS / "transformer_block.yaml")
+    cg = compile_graph(spec.model, spec.loss)
+    nodes = cg.graph.nodes
+    assert nodes["x"].shape == (28, 28) and nodes["r2"].shape == (28, 64) and nodes["n1"].shape == (28, 64)
+    assert sum(1 for e in cg.edges if e.op == "attention") == 1
+    assert any(n.endswith("~1") for n in nodes), "the residual skips should need relays"
+
+
+@pytest.mark.mnist
+@pytest.mark.skipif(not _have("mnist"), reason="mnist files not found (set PCGRAPH_DATA)")
+def test_transformer_block_learns():
+    history = _fit(GRAPHS / "transformer_block.yaml", ["data.train_subset=2000", "data.test_subset=1000"], 1)
+    assert history[-1]["test_accuracy"] >= 0.5, history
