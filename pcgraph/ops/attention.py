@@ -1,6 +1,6 @@
 """Multi-head scaled dot-product attention over ``[L, D]`` nodes: ``attention``.
 
-    Q = u_q W_q^T (+ b_q),  K = u_kv W_k^T (+ b_k),  V = u_kv W_v^T (+ b_v)
+    Q = u_q W_q^T (+ b_q),  K = u_kv W_k^T,  V = u_kv W_v^T (+ b_v)
     A_h = softmax(Q_h K_h^T / sqrt(dim / heads) + M) V_h        (per head h)
     g(u_q, u_kv) = [A_1 .. A_heads] W_out^T (+ b_out)
 
@@ -14,8 +14,10 @@ inner q/k/v width, default the output width ``D_out``; divisible by ``heads``).
 
 Shapes: ``[Lq, Dq]`` (and ``[Lk, Dkv]``) -> ``[Lq, D_out]``, ``D_out`` taken from the
 target node. Parameters: ``q_weight [dim, Dq]``, ``k_weight [dim, Dkv]``, ``v_weight
-[dim, Dkv]``, ``out_weight [D_out, dim]``; with ``bias: true`` also ``q_bias``, ``k_bias``,
-``v_bias [dim]`` and ``out_bias [D_out]``. Each is initialised like ``torch.nn.Linear``:
+[dim, Dkv]``, ``out_weight [D_out, dim]``; with ``bias: true`` also ``q_bias``,
+``v_bias [dim]`` and ``out_bias [D_out]``. There is no key bias: it adds the same
+``q_i . b_k`` to every score of query ``i``, which the softmax cancels, so its gradient is
+identically 0 (and its "update" would be round-off that Adam blows up to ``lr``). Each is initialised like ``torch.nn.Linear``:
 uniform in ``+-1/sqrt(fan_in)`` of its projection (biases with their weight's bound).
 The VJPs are ``torch.func.vjp`` of the forward.
 """
@@ -82,7 +84,7 @@ class Attention(Op):
         dq, dkv, d, dout = self.in_shapes[0][1], self.in_shapes[-1][1], self.dim, self.out_shape[1]
         shapes = {"q_weight": (d, dq), "k_weight": (d, dkv), "v_weight": (d, dkv), "out_weight": (dout, d)}
         if self.bias:
-            shapes.update(q_bias=(d,), k_bias=(d,), v_bias=(d,), out_bias=(dout,))
+            shapes.update(q_bias=(d,), v_bias=(d,), out_bias=(dout,))
         return shapes
 
     def init_params(self, generator, dtype, device):
@@ -99,7 +101,7 @@ class Attention(Op):
 
         def proj(u, name, length):
             t = u @ params[f"{name}_weight"].t()
-            if self.bias:
+            if self.bias and name != "k":
                 t = t + params[f"{name}_bias"]
             return t.reshape(b, length, h, dh).transpose(1, 2)  # [B, H, L, dh]
 

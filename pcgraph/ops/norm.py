@@ -67,19 +67,27 @@ class LayerNorm(Op):
         return F.layer_norm(u, (u.shape[-1],), params.get("weight"), params.get("bias"), self.opts.eps)
 
     def _xhat(self, u):
-        mean = u.mean(-1, keepdim=True)
-        var = u.var(-1, unbiased=False, keepdim=True)
-        r = torch.rsqrt(var + self.opts.eps)
-        return (u - mean) * r, r
+        c = u - u.mean(-1, keepdim=True)
+        r = torch.rsqrt((c * c).mean(-1, keepdim=True) + self.opts.eps)   # faster than u.var on CPU
+        return c * r, r
+
+    def vjp(self, params, inputs, g, wanted, want_params):
+        """Both VJPs from one ``xhat`` (the input's and the parameters' share it)."""
+        xhat, r = self._xhat(inputs[0])
+        gin = [None]
+        if wanted[0]:
+            d = g * params["weight"] if self.opts.affine else g
+            gin = [r * (d - d.mean(-1, keepdim=True) - xhat * (d * xhat).mean(-1, keepdim=True))]
+        gp = None
+        if want_params:
+            gp = {}
+            if self.opts.affine:
+                g2 = g.reshape(-1, g.shape[-1])
+                gp = {"weight": (g2 * xhat.reshape(g2.shape)).sum(0), "bias": g2.sum(0)}
+        return gin, gp
 
     def vjp_inputs(self, params, inputs, g, wanted):
-        xhat, r = self._xhat(inputs[0])
-        d = g * params["weight"] if self.opts.affine else g
-        return [r * (d - d.mean(-1, keepdim=True) - xhat * (d * xhat).mean(-1, keepdim=True))]
+        return self.vjp(params, inputs, g, wanted, False)[0]
 
     def vjp_params(self, params, inputs, g):
-        if not self.opts.affine:
-            return {}
-        xhat, _ = self._xhat(inputs[0])
-        g2 = g.reshape(-1, g.shape[-1])
-        return {"weight": (g2 * xhat.reshape(g2.shape)).sum(0), "bias": g2.sum(0)}
+        return self.vjp(params, inputs, g, [False], True)[1]
