@@ -78,8 +78,16 @@ def run_plan(kernel: PCKernel, plan: InferencePlan, state: State,
              targets: dict[str, torch.Tensor]) -> InferenceResult:
     """Run ``plan`` from ``state``: values ``x`` (inputs clamped) whose predictions ``mu``
     are known where the plan does not recompute them (the feed-forward pass's)."""
-    cg = kernel.cg
-    edges = cg.edges
+    if kernel.memo is None:
+        kernel.memo = {}
+    try:
+        return _run(kernel, plan, state, targets)
+    finally:
+        kernel.memo = None
+
+
+def _run(kernel, plan, state, targets):
+    edges = kernel.cg.edges
     vals, mu = state, state.mu
     eps: dict[str, torch.Tensor] = {}
     acc: dict = {}
@@ -121,6 +129,7 @@ def feedforward(kernel: PCKernel, inputs: dict[str, torch.Tensor]) -> State:
     ``x``: they are clamped or free; their feed-forward prediction is in ``mu``)."""
     cg = kernel.cg
     state = State(kernel, {})
+    kernel.memo = {}      # kept for run_plan: the VJPs at the wave reuse these linearizations
     for v in cg.order:
         role = cg.role(v)
         if role == "input":

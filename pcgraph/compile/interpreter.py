@@ -21,6 +21,7 @@ def run_reference(kernel: PCKernel, update_times: list, inputs: dict, targets: d
     values (default: the feed-forward pass, plus ``init_noise``). Returns
     ``(values, errors, updates)``."""
     cg = kernel.cg
+    kernel.memo = None    # recompute everything: no linearization kept by the fast path
     order, edges = cg.order, cg.edges
     role = {v: cg.role(v) for v in order}
 

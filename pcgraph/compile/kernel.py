@@ -42,6 +42,9 @@ class PCKernel:
         self.cg = net.compiled
         self.objective = objective
         self.gamma = float(gamma)
+        #: linearizations kept by the executor between an edge's forward and its VJPs (edges
+        #: whose op has no hand-written VJP): edge -> (inputs, pullback); None = off
+        self.memo: dict | None = None
 
     # ---- per-source activations ------------------------------------------------------
     def f(self, i: int, k: int, x: Tensor) -> Tensor:
@@ -53,7 +56,19 @@ class PCKernel:
     # ---- quantities ------------------------------------------------------------------
     def prediction(self, c: str, inputs_of: Callable[[int], Sequence[Tensor]]) -> Tensor:
         """``mu_c``; ``inputs_of(i)`` gives edge ``i``'s activated sources ``[f_k(x_pk)]``."""
-        return self.net.predict(c, inputs_of)
+        if self.memo is None:
+            return self.net.predict(c, inputs_of)
+        mu = None
+        for i in self.cg.in_edges(c):
+            us = inputs_of(i)
+            op = self.cg.ops[i]
+            if op.uses_default_vjp:
+                term, pullback = op.linearize(self.net.edge_params(i), us)
+                self.memo[i] = (us, pullback)
+            else:
+                term = op.forward(self.net.edge_params(i), *us)
+            mu = term if mu is None else mu + term
+        return mu
 
     def error(self, c: str, x_c: Tensor | None, mu_c: Tensor, target: Tensor | None) -> Tensor:
         if self.cg.role(c) == "output" and target is not None:   # clamped; a free output relaxes
@@ -64,6 +79,10 @@ class PCKernel:
                  want_params: bool) -> tuple[list[Tensor | None], dict[str, Tensor] | None]:
         """``(d op_e/d u_k)^T eps_c`` for the wanted sources and, if asked, the local update
         ``sum_b (d op_e/d theta)^T eps_c``: one call, so ops share work between the two."""
+        if self.memo:
+            hit = self.memo.get(i)
+            if hit is not None and len(hit[0]) == len(us) and all(a is b for a, b in zip(hit[0], us)):
+                return hit[1](eps_c, wanted, want_params)
         return self.cg.ops[i].vjp(self.net.edge_params(i), us, eps_c, wanted, want_params)
 
     def message(self, i: int, k: int, g: Tensor, df: Callable[[], Tensor]) -> Tensor:

@@ -130,6 +130,33 @@ class Op:
             return gin, gp
         return self._func_vjp(params, inputs, g, wanted, want_params)
 
+    @property
+    def uses_default_vjp(self) -> bool:
+        cls = type(self)
+        return cls.vjp is Op.vjp and cls.vjp_inputs is Op.vjp_inputs and cls.vjp_params is Op.vjp_params
+
+    def linearize(self, params, inputs):
+        """``(forward(params, *inputs), pullback)`` with ``pullback(g, wanted, want_params)``
+        returning what :meth:`vjp` returns at the same point, without recomputing the
+        forward (one ``torch.func.vjp`` over every parameter and input)."""
+        names = list(params)
+        fixed = [params[n].detach() for n in names]
+        consts = [u.detach() for u in inputs]
+
+        def fn(pvals, xs):
+            return self.forward(dict(zip(names, pvals)), *xs)
+
+        with torch.enable_grad():
+            out, pull = torch.func.vjp(fn, tuple(fixed), tuple(consts))
+
+        def pullback(g, wanted, want_params):
+            with torch.enable_grad():
+                gp, gx = pull(g)
+            gin = [t if w else None for t, w in zip(gx, wanted)]
+            return gin, (dict(zip(names, gp)) if want_params else None)
+
+        return out.detach(), pullback
+
     def _func_vjp(self, params, inputs, g, wanted, want_params):
         names = list(params) if want_params else []
         idx = [k for k, w in enumerate(wanted) if w]
