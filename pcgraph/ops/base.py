@@ -121,19 +121,19 @@ class Op:
         """Both VJPs at once: ``(inputs' list, params' dict or None)``. Hand-written
         overrides of ``vjp_inputs`` / ``vjp_params`` are used when present; otherwise one
         ``torch.func.vjp`` of :meth:`forward` serves both."""
-        cls = type(self)
-        own_in = cls.vjp_inputs is not Op.vjp_inputs
-        own_p = cls.vjp_params is not Op.vjp_params
-        if own_in or own_p:
+        if not self.uses_default_vjp:
             gin = self.vjp_inputs(params, inputs, g, wanted) if any(wanted) else [None] * len(inputs)
             gp = self.vjp_params(params, inputs, g) if want_params else None
             return gin, gp
         return self._func_vjp(params, inputs, g, wanted, want_params)
 
-    @property
-    def uses_default_vjp(self) -> bool:
-        cls = type(self)
-        return cls.vjp is Op.vjp and cls.vjp_inputs is Op.vjp_inputs and cls.vjp_params is Op.vjp_params
+    #: True when neither VJP is written by hand (set per class in ``__init_subclass__``)
+    uses_default_vjp: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        cls.uses_default_vjp = (cls.vjp is Op.vjp and cls.vjp_inputs is Op.vjp_inputs
+                                and cls.vjp_params is Op.vjp_params)
 
     def linearize(self, params, inputs):
         """``(forward(params, *inputs), pullback)`` with ``pullback(g, wanted, want_params)``

@@ -78,10 +78,13 @@ class LearningRule(nn.Module):
         """``p.grad += -r * sum_b(local updates)`` for the network's parameter groups
         (``r`` from the objective's reduction): descent on the reduced objective."""
         scale = -self.objective.scale(batch)
-        params = self.net.params
+        params = self.__dict__.get("_flat_params")
+        if params is None:      # (key, name) -> parameter, without ModuleDict lookups per step
+            params = {(k, n): p for k, group in self.net.params.items() for n, p in group.items()}
+            self.__dict__["_flat_params"] = params
         for key, group in updates.items():
             for name, g in group.items():
-                p = params[key][name]
+                p = params[key, name]
                 g.mul_(scale)
                 p.grad = g if p.grad is None else p.grad.add_(g)
 
