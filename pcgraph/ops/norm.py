@@ -3,7 +3,7 @@
     y = (u - mean(u)) / sqrt(var(u) + eps) * weight + bias
 
 with ``mean`` and the biased ``var`` taken over the last axis (like
-``torch.nn.functional.layer_norm``). The VJPs are written out: with
+``torch.nn.functional.layer_norm``). The VJPs: with
 ``xhat = (u - mean) * r``, ``r = 1 / sqrt(var + eps)`` and ``d = eps_y * weight``,
 
     vjp_input = r * (d - mean(d) - xhat * mean(d * xhat))     (means over the last axis)
@@ -66,25 +66,18 @@ class LayerNorm(Op):
     def forward(self, params, u):
         return F.layer_norm(u, (u.shape[-1],), params.get("weight"), params.get("bias"), self.opts.eps)
 
-    def _xhat(self, u):
-        c = u - u.mean(-1, keepdim=True)
-        r = torch.rsqrt((c * c).mean(-1, keepdim=True) + self.opts.eps)   # faster than u.var on CPU
-        return c * r, r
-
     def vjp(self, params, inputs, g, wanted, want_params):
-        """Both VJPs from one ``xhat`` (the input's and the parameters' share it)."""
-        xhat, r = self._xhat(inputs[0])
-        gin = [None]
-        if wanted[0]:
-            d = g * params["weight"] if self.opts.affine else g
-            gin = [r * (d - d.mean(-1, keepdim=True) - xhat * (d * xhat).mean(-1, keepdim=True))]
-        gp = None
-        if want_params:
-            gp = {}
-            if self.opts.affine:
-                g2 = g.reshape(-1, g.shape[-1])
-                gp = {"weight": (g2 * xhat.reshape(g2.shape)).sum(0), "bias": g2.sum(0)}
-        return gin, gp
+        """Both VJPs by torch's own layer-norm backward kernel (the formulas above), from the
+        mean and ``r`` of one native forward: faster on CPU than the formulas written out."""
+        u = inputs[0]
+        shape = [u.shape[-1]]
+        w, b = params.get("weight"), params.get("bias")
+        _, mean, rstd = torch.native_layer_norm(u, shape, w, b, self.opts.eps)
+        affine = want_params and self.opts.affine
+        gi, gw, gb = torch.ops.aten.native_layer_norm_backward(
+            g, u, shape, mean, rstd, w, b, [bool(wanted[0]), affine, affine])
+        gp = ({"weight": gw, "bias": gb} if affine else {}) if want_params else None
+        return [gi if wanted[0] else None], gp
 
     def vjp_inputs(self, params, inputs, g, wanted):
         return self.vjp(params, inputs, g, wanted, False)[0]
