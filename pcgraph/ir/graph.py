@@ -312,6 +312,10 @@ class PCGraph:
                 msg = op_cls.check_sources(src_shapes, opts)
                 if msg:
                     raise GraphError(msg, where)
+                if node.shape is not None:
+                    completed = op_cls.complete_shape(src_shapes, node.shape, opts)
+                    if completed is not None:
+                        node.shape = tuple(completed)
                 if node.shape is None:
                     inferred = op_cls.infer_out_shape(src_shapes, opts)
                     if inferred is not None:

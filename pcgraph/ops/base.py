@@ -75,6 +75,13 @@ class Op:
         return None
 
     @classmethod
+    def complete_shape(cls, in_shapes: Sequence[Shape], given: Shape, opts) -> Shape | None:
+        """A full target shape from a partial one the user gave (e.g. ``[C]`` for a conv's
+        ``[C, H, W]``: channels are the user's choice, ``H, W`` follow from the op), or None
+        to leave ``given`` as it is (then :meth:`check_shapes` judges it)."""
+        return None
+
+    @classmethod
     def check_sources(cls, in_shapes: Sequence[Shape], opts) -> str | None:
         """A message if the source shapes alone are impossible (checked before the target
         shape is inferred or compared), else None."""
