@@ -136,6 +136,6 @@ def feedforward(kernel: PCKernel, inputs: dict[str, torch.Tensor]) -> State:
             state.set(v, inputs[v])
         else:
             state.mu[v] = kernel.prediction(v, state.inputs)
-            if role == "hidden":
+            if role != "output":          # hidden and derived nodes start at their prediction
                 state.set(v, state.mu[v])
     return state

@@ -24,7 +24,25 @@ from ..ops.activations import Activation
 from ..ops.base import Op
 
 
-def balance(graph: PCGraph) -> PCGraph:
+def derived_nodes(graph: PCGraph) -> set[str]:
+    """Hidden nodes that are functions of the inputs alone: every in-edge is parameter-free
+    and reads only inputs or other derived nodes (``select`` of a sequence, ``flatten`` of an
+    image). Their value is data: no update reads anything but their feed-forward value and
+    none of their errors reaches a parameter, so the programs keep them clamped there, like
+    inputs (compiled role ``derived``): they need no relays and never move."""
+    out: set[str] = set()
+    for n in graph.topological_order():
+        node = graph.nodes[n]
+        if node.role != "hidden":
+            continue
+        ins = graph.in_edges(n)
+        if ins and all(not graph.make_op(e).param_shapes()
+                       and all(graph.nodes[s].role == "input" or s in out for s in e.sources) for e in ins):
+            out.add(n)
+    return out
+
+
+def balance(graph: PCGraph, derived: set[str] = frozenset()) -> PCGraph:
     """Return a copy of ``graph`` in which every hidden node has a single depth.
 
     Each *source* of an edge is balanced on its own: source ``p`` of an edge into ``c`` with
@@ -52,7 +70,8 @@ def balance(graph: PCGraph) -> PCGraph:
         sources = []
         for src in e.sources:
             gap = depth[src] - depth[e.dst] - 1
-            sources.append(src if gap <= 0 or g.nodes[src].role == "input" else relay(src, gap))
+            clamped = g.nodes[src].role == "input" or src in derived
+            sources.append(src if gap <= 0 or clamped else relay(src, gap))
         if sources == list(e.sources):
             new_edges.append(e)
         else:
@@ -83,6 +102,8 @@ class CompiledGraph:
     acts: list[tuple[Activation, ...]]
     losses: dict[str, Loss]
     param_edges: dict[str, list[int]] = field(default_factory=dict)
+    #: hidden nodes that are functions of the inputs alone (compiled role ``derived``)
+    derived: set[str] = field(default_factory=set)
 
     def __post_init__(self):
         g = self.graph
@@ -110,7 +131,9 @@ class CompiledGraph:
         return self._out[v]
 
     def role(self, v: str) -> str:
-        return self.graph.nodes[v].role
+        """``input``, ``hidden``, ``output``, or ``derived`` (a hidden node computed from the
+        inputs alone, clamped at its feed-forward value)."""
+        return "derived" if v in self.derived else self.graph.nodes[v].role
 
     def has_params(self, i: int) -> bool:
         return bool(self.ops[i].param_shapes())
@@ -153,10 +176,11 @@ def compile_graph(graph: PCGraph, loss: str | dict = "mse", balance_paths: bool 
     distance, which is not exact for Z-IL on graphs with skips; for demonstrations) and
     resolve every op, activation and loss."""
     graph.lint()
-    g = balance(graph) if balance_paths else graph.copy()
+    derived = derived_nodes(graph)
+    g = balance(graph, derived) if balance_paths else graph.copy()
     dist = g.distances_to_outputs()
     for n, (lo, hi) in dist.items():
-        if balance_paths and lo != hi and g.nodes[n].role != "input":
+        if balance_paths and lo != hi and g.nodes[n].role != "input" and n not in derived:
             raise CompileError(f"internal error: node {n!r} is at distances {lo} and {hi} after balancing")
     depth = {n: d[1] for n, d in dist.items()}
     order = g.topological_order()
@@ -166,4 +190,4 @@ def compile_graph(graph: PCGraph, loss: str | dict = "mse", balance_paths: bool 
     ops = [g.make_op(e) for e in g.edges]
     acts = [tuple(get_activation(a) for a in e.activations) for e in g.edges]
     losses = {o: get_loss(loss if isinstance(loss, str) else loss[o], "loss") for o in g.outputs}
-    return CompiledGraph(graph, g, order, depth, levels, ops, acts, losses)
+    return CompiledGraph(graph, g, order, depth, levels, ops, acts, losses, derived=derived)

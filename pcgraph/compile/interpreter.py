@@ -32,7 +32,7 @@ def run_reference(kernel: PCKernel, update_times: list, inputs: dict, targets: d
     for v in order:
         if role[v] == "input":
             x[v] = inputs[v]
-        elif role[v] == "hidden":
+        elif role[v] != "output":       # hidden, and derived nodes (constant: never move)
             x[v] = start[v] if start is not None else kernel.prediction(v, lambda i: activated(x, i))
     if init_noise and start is None:
         kernel.perturb(x, init_noise, generator)

@@ -108,8 +108,8 @@ def build_full_plan(cg: CompiledGraph, update_times: list, T: int) -> InferenceP
     """Every prediction, error, update and value move at every step: no analysis (rules
     whose learning reads every error every step, such as Fa-Z-IL's phi)."""
     g = cg.graph
-    noninput = [v for v in cg.order if g.nodes[v].role != "input"]
-    hidden = [v for v in cg.order if g.nodes[v].role == "hidden"]
+    noninput = [v for v in cg.order if cg.role(v) != "input"]
+    hidden = [v for v in cg.order if cg.role(v) == "hidden"]
     steps = []
     for t in range(T + 1):
         s = Step(t, list(noninput), list(noninput), _updates_at(update_times, t))
@@ -125,12 +125,12 @@ def build_plan(cg: CompiledGraph, update_times: list, c1: bool) -> InferencePlan
     g = cg.graph
     times = [t for t in update_times if isinstance(t, int)]
     T = max(times) if times else 0
-    hidden = [v for v in cg.order if g.nodes[v].role == "hidden"]
-    noninput = [v for v in cg.order if g.nodes[v].role != "input"]
+    hidden = [v for v in cg.order if cg.role(v) == "hidden"]
+    noninput = [v for v in cg.order if cg.role(v) != "input"]
     children = {v: list(dict.fromkeys(cg.edges[i].dst for i, _ in cg.out_edges(v))) for v in g.nodes}
 
     def hsrc(i: int) -> list[str]:
-        return [p for p in cg.edges[i].sources if g.nodes[p].role == "hidden"]
+        return [p for p in cg.edges[i].sources if cg.role(p) == "hidden"]
 
     hparents = {v: list(dict.fromkeys(p for i in cg.in_edges(v) for p in hsrc(i))) for v in g.nodes}
 
@@ -164,7 +164,7 @@ def build_plan(cg: CompiledGraph, update_times: list, c1: bool) -> InferencePlan
         for c in need_e[t]:
             if c not in Z[t]:
                 need_m[t].add(c)
-                if g.nodes[c].role == "hidden":
+                if cg.role(c) == "hidden":
                     need_x[t].add(c)
         for c in need_m[t]:
             need_x[t].update(hparents[c])

@@ -170,10 +170,18 @@ class PCGraph:
 
     # ---- queries ----------------------------------------------------------------------
     def where_edge(self, edge: Edge) -> str:
-        return f"model.edges[{self.edges.index(edge)}]"
+        """The spec path of an edge: ``model.edges[i]``, or the construct that generated it
+        (``meta['where']``, e.g. ``model.unroll[0]``)."""
+        return edge.meta.get("where") or f"model.edges[{self.edges.index(edge)}]"
 
     def where_node(self, name: str) -> str:
-        return f"model.nodes[{list(self.nodes).index(name)}]"
+        return self.nodes[name].meta.get("where") or f"model.nodes[{list(self.nodes).index(name)}]"
+
+    def _at(self, i: int, key: str | None = None) -> str:
+        where = self.edges[i].meta.get("where")
+        if where:
+            return where
+        return f"model.edges[{i}]" + (f".{key}" if key else "")
 
     @property
     def inputs(self) -> list[str]:
@@ -259,15 +267,15 @@ class PCGraph:
             for end, attr in ends + [(e.dst, "to")]:
                 if end not in self.nodes:
                     raise GraphError(f"edge end {end!r} is not a node (known: {', '.join(names)})",
-                                     f"model.edges[{i}].{attr}")
+                                     self._at(i, attr))
             if e.dst in e.sources:
-                raise GraphError(f"self-loop on {e.dst!r} (a PC graph must be acyclic)", f"model.edges[{i}]")
+                raise GraphError(f"self-loop on {e.dst!r} (a PC graph must be acyclic)", self._at(i))
         seen: dict[str, int] = {}
         for i, e in enumerate(self.edges):
             if e.param is None and e.key in seen:
                 raise GraphError(f"duplicate edge {e.label} (also edges[{seen[e.key]}]); give one of them "
                                  "its own 'param' name, or route one through an intermediate node",
-                                 f"model.edges[{i}]")
+                                 self._at(i))
             seen[e.key] = i
         if not self.inputs:
             raise GraphError("the graph has no input node (give one node role: input)", "model.nodes")
@@ -276,13 +284,13 @@ class PCGraph:
         for i, e in enumerate(self.edges):
             if self.nodes[e.dst].role == "input":
                 raise GraphError(f"edge into input node {e.dst!r}: inputs are clamped to data and "
-                                 "cannot have incoming edges", f"model.edges[{i}].to")
+                                 "cannot have incoming edges", self._at(i, "to"))
             for src in e.sources:
                 if self.nodes[src].role == "output":
                     raise GraphError(f"output node {src!r} is not a sink: an output is clamped to its "
                                      "target while learning and must not feed other nodes "
                                      "(add a hidden node before it and take the branch from there)",
-                                     f"model.edges[{i}].from")
+                                     self._at(i, "from"))
         self.topological_order()  # raises on cycles
         for n, v in self.nodes.items():
             if v.role != "input" and not self.in_edges(n):
@@ -339,14 +347,14 @@ class PCGraph:
             if e.param is None:
                 continue
             if not shapes:
-                raise GraphError(f"op {e.op!r} has no parameters to share", f"model.edges[{i}].param")
+                raise GraphError(f"op {e.op!r} has no parameters to share", self._at(i, "param"))
             if e.param in first:
                 j, other, other_shapes = first[e.param]
                 if other.op != e.op or other_shapes != shapes:
                     desc = {k: list(v) for k, v in shapes.items()}
                     odesc = {k: list(v) for k, v in other_shapes.items()}
                     raise GraphError(f"parameter {e.param!r} is shared with edges[{j}] ({other.op} {odesc}) "
-                                     f"but this edge needs {e.op} {desc}", f"model.edges[{i}].param")
+                                     f"but this edge needs {e.op} {desc}", self._at(i, "param"))
             else:
                 first[e.param] = (i, e, shapes)
         auto = {e.key for e in self.edges if e.param is None}

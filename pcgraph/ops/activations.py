@@ -54,6 +54,19 @@ class Sigmoid(Activation):
         return fx * (1 - fx)
 
 
+@ACTIVATIONS.register("one_minus_sigmoid")
+class OneMinusSigmoid(Activation):
+    """``1 - sigmoid(x) = sigmoid(-x)``: a GRU's ``1 - z`` gate as an activation."""
+
+    name = "one_minus_sigmoid"
+
+    def f(self, x):
+        return torch.sigmoid(-x)
+
+    def df(self, x, fx):
+        return -fx * (1 - fx)
+
+
 @ACTIVATIONS.register("tanh")
 class Tanh(Activation):
     name = "tanh"

@@ -18,6 +18,7 @@ from ..ir import Edge, PCGraph, ValueNode
 from ..ir.graph import EDGE_KEYS
 from ..ops import LOSSES
 from .overrides import apply_overrides
+from .unroll import Unroll, expand, parse_unroll
 from .yamlio import dump_yaml, load_yaml, locate
 
 TOP_KEYS = ("name", "description", "seed", "data", "model", "loss", "train")
@@ -146,6 +147,8 @@ class Spec:
     model: PCGraph = field(default_factory=PCGraph)
     loss: str | dict = "mse"
     train: TrainSpec = field(default_factory=TrainSpec)
+    #: recurrent cells unrolled into ``model`` (kept to write the spec back compactly)
+    unrolls: list[Unroll] = field(default_factory=list)
     source: str | None = field(default=None, compare=False, repr=False)
     locations: dict = field(default_factory=dict, compare=False, repr=False)
 
@@ -160,6 +163,15 @@ class Spec:
         """``src``: a node name or an ordered list of names (multi-input ops such as ``mul``);
         ``activation``: one name for all sources or a list, one per source."""
         self.model.add_edge(Edge(src, dst, op, activation, bias, param, options))
+        return self
+
+    def add_unroll(self, name: str, steps: int, input: str, shape, cell: str = "rnn", **kw) -> "Spec":
+        """Unroll a recurrent cell over ``steps`` (see :mod:`pcgraph.spec.unroll`)."""
+        where = f"model.unroll[{len(self.unrolls)}]"
+        u = parse_unroll({"name": name, "steps": steps, "input": input, "shape": list(shape), "cell": cell, **kw},
+                         where)
+        expand(self.model, u, where)
+        self.unrolls.append(u)
         return self
 
     def set_data(self, **kw) -> "Spec":
@@ -233,7 +245,7 @@ class Spec:
             model = d.get("model")
             if model is None:
                 raise SpecError("the spec has no 'model' (with 'nodes' and 'edges')", "model")
-            _check_keys(model, ("nodes", "edges"), "model")
+            _check_keys(model, ("nodes", "edges", "unroll"), "model")
             nodes, edges = model.get("nodes") or [], model.get("edges") or []
             for key, seq in (("nodes", nodes), ("edges", edges)):
                 if not isinstance(seq, list):
@@ -268,6 +280,13 @@ class Spec:
                                     f"{where}.activation")
                 spec.model.add_edge(Edge(src, str(e["to"]), e.get("op", "linear"), act, bias, e.get("param"),
                                          options, e.get("kind", "edge")))
+            unrolls = model.get("unroll") or []
+            if not isinstance(unrolls, list):
+                raise SpecError(f"expected a list of recurrent cells, got {unrolls!r}", "model.unroll")
+            for i, raw in enumerate(unrolls):
+                u = parse_unroll(raw, f"model.unroll[{i}]")
+                expand(spec.model, u, f"model.unroll[{i}]")
+                spec.unrolls.append(u)
             spec.loss = d.get("loss", "mse")
             spec.train = TrainSpec.from_dict(d.get("train"))
         except PCGraphError as err:
@@ -299,7 +318,10 @@ class Spec:
         data = {k: v for k, v in asdict(self.data).items()
                 if v != getattr(DataSpec(), k) or k in ("dataset", "batch_size")}
         d["data"] = data
-        d["model"] = self.model.to_dict()
+        d["model"] = {"nodes": [n.to_dict() for n in self.model.nodes.values() if "unroll" not in n.meta],
+                      "edges": [e.to_dict() for e in self.model.edges if "unroll" not in e.meta]}
+        if self.unrolls:
+            d["model"]["unroll"] = [u.to_dict() for u in self.unrolls]
         d["loss"] = copy.deepcopy(self.loss)
         d["train"] = self.train.to_dict()
         return d
