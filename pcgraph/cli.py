@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="train and evaluate a spec",
                          description="Train a spec, print one line per epoch (train loss, test accuracy, "
                                      "seconds), write DIR/metrics.jsonl and DIR/checkpoint.pt, and end "
-                                     "with 'final test accuracy: X'.")
+                                     "with 'final test accuracy: X' ('final test loss: X' for regression).")
     _spec_args(run)
     run.add_argument("--epochs", type=int, help="override train.epochs")
     run.add_argument("--dtype", default="float32", help="float32 (default) or float64")
@@ -111,8 +111,11 @@ def cmd_run(args) -> int:
     print(f"{spec.name}: {exp.rule.name} on {spec.data.dataset}, {sum(p.numel() for p in exp.net.parameters())} "
           f"parameters, {exp.batches.steps_per_epoch()} steps/epoch, {args.device}/{args.dtype}, out {out}")
     history = trainer.fit()
-    acc = history[-1]["test_accuracy"] if history else exp.evaluate()["test_accuracy"]
-    print(f"final test accuracy: {acc:.4f}")
+    final = history[-1] if history else exp.evaluate()
+    if final["test_accuracy"] != final["test_accuracy"]:     # NaN: a regression task
+        print(f"final test loss: {final['test_loss']:.4f}")
+    else:
+        print(f"final test accuracy: {final['test_accuracy']:.4f}")
     return 0
 
 

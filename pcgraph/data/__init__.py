@@ -1,4 +1,4 @@
-from .datasets import DATASETS, Splits, load_dataset
+from .datasets import DATASETS, Splits, dataset_options, load_dataset
 from .loader import GraphBatches
 
-__all__ = ["DATASETS", "GraphBatches", "Splits", "load_dataset"]
+__all__ = ["DATASETS", "GraphBatches", "Splits", "dataset_options", "load_dataset"]

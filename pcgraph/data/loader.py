@@ -1,7 +1,17 @@
 """Mini-batches straight from device tensors (no per-sample Python), shaped for a graph.
 
-Samples are reshaped to the input node's shape (same number of elements), labels turned
-into each output's target by that output's loss (one-hot for MSE, indices for CE).
+Samples are reshaped to the input node's shape (same number of elements, C order: an
+input ``[28, 28]`` gets MNIST's rows in order). Labels become each output's target by
+that output's loss (one-hot for MSE, indices for CE; float regression targets pass
+through MSE unchanged).
+
+**Which labels each output gets.** Labels without a time axis (``Splits.steps`` is
+``None``) go to every output node (e.g. a classifier at every step of a sequence model).
+Labels with a time axis (``[N, T, ...]``, per-step targets of a many-to-many task) are
+routed one step per output: the graph must have exactly ``T`` output nodes, and the
+``k``-th output **in declaration order** (``compiled.graph.outputs``, the order of the
+spec's ``model.nodes``) gets step ``k``'s slice ``labels[:, k]``. A count mismatch is a
+:class:`~pcgraph.errors.DataError`.
 """
 
 from __future__ import annotations
@@ -13,6 +23,9 @@ import torch
 
 from ..errors import DataError
 from .datasets import Splits
+
+#: losses that take real-valued (dense) targets
+REGRESSION_LOSSES = ("mse",)
 
 
 class GraphBatches:
@@ -32,11 +45,28 @@ class GraphBatches:
             raise DataError(f"input node {self.input!r} has shape {list(shape)} ({n_in} values) but "
                             f"{splits.name} samples have shape {list(splits.sample_shape)} ({n_data})",
                             g.where_node(self.input) if self.input in compiled.source.nodes else "model.nodes")
+        self.regression = splits.regression
+        self.steps = splits.steps
+        #: output -> the step of the labels it gets (``None``: the whole label)
+        self.step_of: dict[str, int | None] = {o: None for o in g.outputs}
+        if self.steps is not None:
+            if len(g.outputs) != self.steps:
+                raise DataError(
+                    f"{splits.name} has per-step labels for {self.steps} steps, but the graph has "
+                    f"{len(g.outputs)} output node(s) ({', '.join(g.outputs)}); outputs get the steps "
+                    f"in declaration order, so declare exactly {self.steps} outputs", "model.nodes")
+            self.step_of = {o: k for k, o in enumerate(g.outputs)}
+        per_output = splits.num_classes if not self.regression else math.prod(splits.target_shape)
+        what = "classes" if not self.regression else f"target values per {'step' if self.steps else 'sample'}"
         for o in g.outputs:
             n_out = math.prod(g.nodes[o].shape)
-            if n_out != splits.num_classes:
+            if n_out != per_output:
                 raise DataError(f"output node {o!r} has {n_out} values but {splits.name} has "
-                                f"{splits.num_classes} classes", g.where_node(o))
+                                f"{per_output} {what}", g.where_node(o))
+            loss = compiled.losses[o]
+            if self.regression and loss.name not in REGRESSION_LOSSES:
+                raise DataError(f"{splits.name} has real-valued targets: output {o!r} needs the mse "
+                                f"loss, not {loss.name}", "loss")
         self.shape = tuple(shape)
         self.compiled = compiled
         self.device, self.dtype = torch.device(device), dtype
@@ -44,13 +74,25 @@ class GraphBatches:
         self.shuffle = shuffle
         self.generator = torch.Generator().manual_seed(seed)
         self.train_x = splits.train_x.reshape(-1, *shape).to(self.device, dtype)
-        self.train_y = splits.train_y.to(self.device)
+        self.train_y = self._labels(splits.train_y)
         self.test_x = splits.test_x.reshape(-1, *shape).to(self.device, dtype)
-        self.test_y = splits.test_y.to(self.device)
+        self.test_y = self._labels(splits.test_y)
+
+    def _labels(self, y: torch.Tensor) -> torch.Tensor:
+        if not self.regression:
+            return y.to(self.device)
+        if y.dim() == 1 + (self.steps is not None):  # scalar targets: give them their axis of 1
+            y = y.unsqueeze(-1)
+        return y.to(self.device, self.dtype)
+
+    def output_labels(self, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each output's labels: its step's slice of per-step labels, else all of them."""
+        return {o: labels if k is None else labels[:, k] for o, k in self.step_of.items()}
 
     def targets(self, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         g = self.compiled.graph
-        return {o: self.compiled.losses[o].target(labels, g.nodes[o].shape, self.dtype) for o in g.outputs}
+        return {o: self.compiled.losses[o].target(y, g.nodes[o].shape, self.dtype)
+                for o, y in self.output_labels(labels).items()}
 
     def steps_per_epoch(self) -> int:
         return math.ceil(len(self.train_y) / self.batch_size)

@@ -54,13 +54,21 @@ class DataSpec:
     train_subset: int | None = None
     test_subset: int | None = None
     shuffle: bool = True
+    #: the dataset's own options (e.g. ``{length: 50}`` for ``adding``), checked by its loader
+    options: dict = field(default_factory=dict)
 
-    KEYS = ("dataset", "batch_size", "test_batch_size", "root", "train_subset", "test_subset", "shuffle")
+    KEYS = ("dataset", "batch_size", "test_batch_size", "root", "train_subset", "test_subset", "shuffle",
+            "options")
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "DataSpec":
         d = {} if d is None else d
         _check_keys(d, cls.KEYS, "data")
+        d = dict(d)
+        if d.get("options") is None:
+            d["options"] = {}
+        if not isinstance(d["options"], dict) or not all(isinstance(k, str) for k in d["options"]):
+            raise SpecError(f"expected a mapping of option names to values, got {d['options']!r}", "data.options")
         out = cls(**d)
         _typed(out.dataset, (str,), "data.dataset", "a dataset name")
         for k in ("batch_size", "test_batch_size"):

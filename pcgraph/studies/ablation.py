@@ -93,7 +93,7 @@ def run_ablation(spec: Spec, out: str | Path, cfg: AblationConfig,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     d = spec.data
-    splits = load_dataset(d.dataset, d.root, cfg.train_subset, cfg.test_subset)
+    splits = load_dataset(d.dataset, d.root, cfg.train_subset, cfg.test_subset, d.options)
     rows: list[dict] = []
     seeds = cfg.seeds or [spec.seed]
     variants = {"C1": [("init_noise", v) for v in C1], "C2": [("update_at", v) for v in C2],

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,7 +80,7 @@ class Experiment:
             if with_data:
                 d = spec.data
                 if splits is None:
-                    splits = load_dataset(d.dataset, d.root, d.train_subset, d.test_subset)
+                    splits = load_dataset(d.dataset, d.root, d.train_subset, d.test_subset, d.options)
                 batches = GraphBatches(splits, compiled, device, dtype, d.batch_size, d.test_batch_size,
                                        d.shuffle, seed=spec.seed)
         except PCGraphError as err:
@@ -101,15 +102,25 @@ class Experiment:
 
     @torch.no_grad()
     def evaluate(self) -> dict:
-        """Test loss and accuracy of the feed-forward prediction (mean over outputs)."""
+        """Test loss and accuracy of the feed-forward prediction (mean over outputs).
+
+        Each output is scored against its own labels (its step's, for per-step labels). A
+        regression dataset has no accuracy: ``test_accuracy`` is NaN and ``test_loss`` (the
+        objective per sample, e.g. ``1/2 ||mu - y||^2`` summed over the outputs) is the metric.
+        """
+        batches = self.batches
         total, correct, loss_sum = 0, {o: 0 for o in self.compiled.graph.outputs}, 0.0
-        for inputs, targets, labels in self.batches.test():
+        for inputs, targets, labels in batches.test():
             outs = self.net(inputs)
             objective = self.rule.objective
             loss_sum += objective.per_sample(float(objective.value(outs, targets)), len(labels)) * len(labels)
-            for o, mu in outs.items():
-                correct[o] += int((mu.reshape(len(labels), -1).argmax(1) == labels).sum())
+            if not batches.regression:
+                per_output = batches.output_labels(labels)
+                for o, mu in outs.items():
+                    correct[o] += int((mu.reshape(len(labels), -1).argmax(1) == per_output[o]).sum())
             total += len(labels)
+        if batches.regression:
+            return {"test_loss": loss_sum / total, "test_accuracy": float("nan")}
         acc = {o: c / total for o, c in correct.items()}
         return {"test_loss": loss_sum / total, "test_accuracy": sum(acc.values()) / len(acc),
                 **({f"test_accuracy/{o}": a for o, a in acc.items()} if len(acc) > 1 else {})}
@@ -182,8 +193,9 @@ class Trainer:
                       "seconds": train_seconds, "steps": steps}
             self.history.append(record)
             self.log(f"epoch {epoch:3d}/{epochs}  train loss {record['train_loss']:.4f}  "
-                     f"test loss {record['test_loss']:.4f}  test acc {record['test_accuracy']:.4f}  "
-                     f"{train_seconds:.2f}s")
+                     f"test loss {record['test_loss']:.4f}  "
+                     + ("" if math.isnan(record["test_accuracy"]) else f"test acc {record['test_accuracy']:.4f}  ")
+                     + f"{train_seconds:.2f}s")
             if self.out:
                 with open(self.out / "metrics.jsonl", "a") as fh:
                     fh.write(json.dumps(record) + "\n")
