@@ -91,12 +91,18 @@ def _run(kernel, plan, state, targets):
     vals, mu = state, state.mu
     eps: dict[str, torch.Tensor] = {}
     acc: dict = {}
+    moved: dict = {}     # node -> (base, d) for a value formed as base + d at its last move
     for step in plan.steps:
         t = step.t
         for c in step.mu:
             mu[c] = kernel.prediction(c, vals.inputs)
         for c in step.eps:
-            eps[c] = kernel.error(c, vals.x.get(c), mu[c], targets.get(c))
+            split = moved.get(c)
+            if split is not None and kernel.cg.role(c) != "output" and (
+                    split[0] is mu[c] or torch.equal(split[0], mu[c])):
+                eps[c] = split[1]       # x_c = mu_c + d was formed from this same mu_c: eps_c = d exactly
+            else:
+                eps[c] = kernel.error(c, vals.x.get(c), mu[c], targets.get(c))
         kernel.observe(t, eps, step.eps)
         messages: dict[str, list[torch.Tensor]] = {}
         for i, wanted, want_params in step.vjps:
@@ -117,9 +123,13 @@ def _run(kernel, plan, state, targets):
                         kernel.message(i, k, gin[k], lambda i=i, k=k: vals.df(i, k)))
         for a in step.advance:
             drive = kernel.aggregate(a.node, messages.get(a.node, []))
-            new = kernel.advance(a.node, vals.x[a.node], mu.get(a.node), eps[a.node] if a.own_error else None,
-                                 drive)
+            x_v, own = vals.x[a.node], (eps[a.node] if a.own_error else None)
+            new = kernel.advance(a.node, x_v, mu.get(a.node), own, drive)
             vals.set(a.node, new)
+            moved.pop(a.node, None)
+            if kernel.exact_split and kernel.gamma == 1 and drive is not None:
+                # new = base + drive with base = x_v (own error known 0) or mu_v: keep the split
+                moved[a.node] = (x_v if own is None else mu.get(a.node), drive)
     return InferenceResult(dict(vals.x), eps, acc)
 
 

@@ -42,6 +42,10 @@ class PCKernel:
         self.cg = net.compiled
         self.objective = objective
         self.gamma = float(gamma)
+        #: let the executor evaluate ``eps_v = x_v - mu_v`` as ``d`` when ``x_v`` was formed as
+        #: ``mu_v + d`` from this same ``mu_v`` (the same number, without the cancellation that
+        #: costs float32 its last bits); a subclass whose ``error`` is not ``x - mu`` turns it off
+        self.exact_split = type(self).error is PCKernel.error
         #: linearizations kept by the executor between an edge's forward and its VJPs (edges
         #: whose op has no hand-written VJP): edge -> (inputs, pullback); None = off
         self.memo: dict | None = None
