@@ -20,7 +20,40 @@ EXAMPLES: dict[str, list[tuple[list[tuple[int, ...]], tuple[int, ...], bool, dic
     "identity": [([(5,)], (5,), False, {}),
                  ([(2, 3)], (2, 3), False, {})],
     "flatten": [([(2, 3)], (6,), False, {}),
-                ([(6,)], (3, 2), False, {})],
+                ([(6,)], (3, 2), False, {}),
+                ([(2, 3, 4)], (24,), False, {})],
+    "select": [([(5, 3)], (3,), False, {"index": 0}),
+               ([(5, 3)], (3,), False, {"index": -1}),
+               ([(4, 3, 2)], (4, 2), False, {"index": 1, "axis": 1})],
+    "reshape": [([(2, 3)], (3, 2), False, {}),
+                ([(2, 3, 4)], (6, 4), False, {}),
+                ([(24,)], (2, 3, 4), False, {}),
+                ([(4, 3, 3)], (36,), False, {})],
+    "conv2d": [([(2, 6, 6)], (3, 4, 4), False, {"kernel_size": 3}),
+               ([(2, 7, 6)], (4, 4, 3), True, {"kernel_size": 3, "stride": 2, "padding": 1}),
+               ([(2, 7, 6)], (3, 4, 4), True, {"kernel_size": [3, 2], "stride": [2, 1], "padding": [1, 0],
+                                               "dilation": [1, 2]}),
+               ([(4, 5, 5)], (6, 5, 5), True, {"kernel_size": 3, "padding": "same", "groups": 2}),
+               ([(4, 6, 6)], (2, 2, 2), False, {"kernel_size": 3, "stride": 2, "groups": 2}),
+               ([(1, 8, 8)], (2, 4, 4), False, {"kernel_size": 3, "dilation": 2}),
+               ([(3, 8, 9)], (2, 2, 4), True, {"kernel_size": 3, "stride": [3, 2]}),
+               ([(3, 5, 5)], (2, 5, 5), False, {"kernel_size": 1})],
+    "locally_connected2d": [([(2, 5, 5)], (3, 3, 3), False, {"kernel_size": 3}),
+                            ([(2, 6, 7)], (3, 3, 4), True, {"kernel_size": 3, "stride": 2, "padding": 1}),
+                            ([(1, 7, 7)], (2, 3, 2), True, {"kernel_size": [2, 3], "stride": 2, "dilation": [1, 2]}),
+                            ([(2, 4, 4)], (2, 4, 4), False, {"kernel_size": 3, "padding": "same"}),
+                            ([(3, 8, 9)], (2, 2, 4), True, {"kernel_size": 3, "stride": [3, 2]})],
+    "avg_pool2d": [([(2, 4, 4)], (2, 2, 2), False, {"kernel_size": 2}),
+                   ([(3, 5, 5)], (3, 2, 2), False, {"kernel_size": 3, "stride": 2}),
+                   ([(2, 5, 6)], (2, 3, 3), False, {"kernel_size": 3, "stride": 2, "padding": 1}),
+                   ([(1, 5, 5)], (1, 5, 5), False, {"kernel_size": 3, "stride": 1, "padding": 1,
+                                                    "count_include_pad": False}),
+                   ([(2, 6, 5)], (2, 3, 3), False, {"kernel_size": [2, 3], "stride": [2, 1]})],
+    "max_pool2d": [([(2, 4, 4)], (2, 2, 2), False, {"kernel_size": 2}),
+                   ([(3, 5, 5)], (3, 4, 4), False, {"kernel_size": 2, "stride": 1}),
+                   ([(2, 7, 6)], (2, 4, 3), False, {"kernel_size": 3, "stride": 2, "padding": 1}),
+                   ([(1, 7, 7)], (1, 3, 3), False, {"kernel_size": 2, "stride": 2, "dilation": 2}),
+                   ([(2, 6, 5)], (2, 2, 4), False, {"kernel_size": [3, 2], "stride": [3, 1]})],
     "linear": [([(4,)], (3,), False, {}),
                ([(4,)], (3,), True, {}),
                ([(2, 3)], (2, 2), True, {})],
@@ -166,6 +199,40 @@ def test_op(name):
             _close(gp2[k], ref_p[k], f"{ctx}: vjp()[1][{k}]")
         gin, gp3 = op.vjp(params, inputs, g, [False] * n, False)
         assert gin == [None] * n and gp3 is None, f"{ctx}: vjp() with nothing wanted"
+
+
+@pytest.mark.parametrize("name", _op_names())
+def test_op_linearize(name):
+    """``linearize`` (what the executor keeps from the feed-forward pass for ops without
+    hand-written VJPs; some ops write it by hand): its value is the forward's, its pullback
+    autograd's VJPs."""
+    cls = OPS.get(name)
+    for i, (in_shapes, out_shape, bias, raw) in enumerate(EXAMPLES.get(cls.name, [])):
+        ctx = f"{name} example {i} ({in_shapes} -> {out_shape}, bias={bias}, {raw})"
+        op = cls(in_shapes, out_shape, bias, cls.parse_options(raw, "test"))
+        init = op.init_params(torch.Generator().manual_seed(1), torch.float64, torch.device("cpu"))
+        params = {k: v + 0.3 * _rand(v.shape, 100 + j) for j, (k, v) in enumerate(init.items())}
+        inputs = [_rand((B, *s), 10 + k) for k, s in enumerate(in_shapes)]
+        n = len(inputs)
+        with torch.no_grad():
+            out, pull = op.linearize(params, inputs)
+        torch.testing.assert_close(out, op.forward(params, *inputs), **TOL, msg=lambda m: f"{ctx}: value: {m}")
+        g = _rand(out.shape, 7)
+        xs = [u.clone().requires_grad_(True) for u in inputs]
+        ps = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+        ref = torch.autograd.grad((op.forward(ps, *xs) * g).sum(), [*xs, *ps.values()], allow_unused=True)
+        ref = [torch.zeros_like(t) if r is None else r for r, t in zip(ref, [*xs, *ps.values()])]
+        with torch.no_grad():
+            gin, gp = pull(g, [True] * n, True)
+            for k in range(n):
+                _close(gin[k], ref[k], f"{ctx}: pullback input {k}")
+            assert list(gp) == list(params), f"{ctx}: pullback params keys {list(gp)}"
+            for j, k in enumerate(params):
+                _close(gp[k], ref[n + j], f"{ctx}: pullback {k}")
+            for k in range(n):   # one input alone, no parameters; the pullback can be called again
+                gin, gp = pull(g, [j == k for j in range(n)], False)
+                _close(gin[k], ref[k], f"{ctx}: pullback input {k} (alone)")
+                assert gp is None and all(gin[j] is None for j in range(n) if j != k), f"{ctx}: unwanted results"
 
 
 # ---- forwards against independent references ---------------------------------------

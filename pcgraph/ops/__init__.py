@@ -2,7 +2,7 @@
 
 from .activations import ACTIVATIONS, Activation, get_activation
 from .base import OPS, Op, get_op
-from . import attention, elementwise, identity, linear, norm, sequence  # noqa: F401  (registration)
+from . import attention, conv, elementwise, identity, linear, local, norm, pool, sequence  # noqa: F401  (registration)
 from .losses import LOSSES, Loss, Objective, get_loss
 
 __all__ = ["ACTIVATIONS", "Activation", "get_activation", "OPS", "Op", "get_op",

@@ -1,4 +1,5 @@
-"""Parameter-free edges: ``identity`` (``g(u) = u``) and ``flatten`` (a reshape).
+"""Parameter-free edges: ``identity`` (``g(u) = u``), ``flatten`` (to ``[numel]``) and
+``reshape`` (to the target node's shape).
 
 Identity edges are what the compiler uses for relay nodes; they carry no parameters
 and their VJP is the identity.
@@ -25,9 +26,10 @@ class IdentityOp(Op):
         return [g]
 
 
-@OPS.register("flatten", "reshape")
+@OPS.register("flatten")
 class Flatten(Op):
-    """Reshape to the target node's shape (same number of elements)."""
+    """``g(u) = vec(u)``: infers ``[numel(u)]``; a target of another shape with as many
+    elements is accepted too (reshaped into it; ``reshape`` says so explicitly)."""
 
     name = "flatten"
     supports_bias = False
@@ -40,7 +42,7 @@ class Flatten(Op):
     def check_shapes(cls, in_shapes, out_shape, opts):
         (s,) = in_shapes
         if numel(s) != numel(out_shape):
-            return (f"flatten cannot reshape {list(s)} ({numel(s)} elements) "
+            return (f"{cls.name} cannot reshape {list(s)} ({numel(s)} elements) "
                     f"to {list(out_shape)} ({numel(out_shape)} elements)")
         return None
 
@@ -49,3 +51,15 @@ class Flatten(Op):
 
     def vjp_inputs(self, params, inputs, g, wanted):
         return [g.reshape(inputs[0].shape)]
+
+
+@OPS.register("reshape", "view")
+class Reshape(Flatten):
+    """``g(u) = u`` reshaped (row-major) to the target node's shape, which must be given and
+    hold as many elements; ``vjp_input = eps`` reshaped back."""
+
+    name = "reshape"
+
+    @classmethod
+    def infer_out_shape(cls, in_shapes, opts):
+        return None
