@@ -89,8 +89,8 @@ def layer(cg, key: str) -> int:
 class DoubledMessages(PCKernel):
     """Every message to a source twice as large."""
 
-    def message(self, i, k, g, df):
-        return 2.0 * super().message(i, k, g, df)
+    def message(self, i, k, g, x, fx):
+        return 2.0 * super().message(i, k, g, x, fx)
 
 
 def updates_of(kernel_cls, net, update_times, T, gamma, inputs, targets):

@@ -25,7 +25,7 @@ class InferenceResult:
 
 
 class State:
-    """Node values ``x`` and predictions ``mu``, with a cache of ``f(x)`` and ``f'(x)`` per
+    """Node values ``x`` and predictions ``mu``, with a cache of ``f(x)`` per
     (node, activation) that lives as long as the value (the feed-forward pass's ``f(x)``
     serve the first inference steps)."""
 
@@ -37,12 +37,10 @@ class State:
         self.x = dict(x)
         self.mu = dict(mu or {})
         self._f: dict[str, dict[str, torch.Tensor]] = {v: {} for v in cg.order}
-        self._df: dict[str, dict[str, torch.Tensor]] = {v: {} for v in cg.order}
 
     def set(self, v: str, value: torch.Tensor) -> None:
         self.x[v] = value
         self._f[v] = {}
-        self._df[v] = {}
 
     def f(self, i: int, k: int) -> torch.Tensor:
         v, name = self.sources[i][k], self.names[i][k]
@@ -54,15 +52,6 @@ class State:
 
     def inputs(self, i: int) -> list[torch.Tensor]:
         return [self.f(i, k) for k in range(len(self.sources[i]))]
-
-    def df(self, i: int, k: int) -> torch.Tensor:
-        v, name = self.sources[i][k], self.names[i][k]
-        cache = self._df[v]
-        out = cache.get(name)
-        if out is None:
-            out = cache[name] = self.kernel.df(i, k, self.x[v], self.f(i, k))
-        return out
-
 
     def perturb(self, sigma: float, generator: torch.Generator | None) -> None:
         """Break C1: ``N(0, sigma^2)`` on every hidden value (through the kernel)."""
@@ -120,7 +109,7 @@ def _run(kernel, plan, state, targets):
             for k, w in enumerate(wanted):
                 if w:
                     messages.setdefault(e.sources[k], []).append(
-                        kernel.message(i, k, gin[k], lambda i=i, k=k: vals.df(i, k)))
+                        kernel.message(i, k, gin[k], vals.x[e.sources[k]], vals.f(i, k)))
         for a in step.advance:
             drive = kernel.aggregate(a.node, messages.get(a.node, []))
             x_v, own = vals.x[a.node], (eps[a.node] if a.own_error else None)

@@ -61,7 +61,7 @@ def run_reference(kernel: PCKernel, update_times: list, inputs: dict, targets: d
                 wanted = [j == k for j in range(len(edges[i].sources))]
                 g = kernel.edge_vjp(i, activated(x, i), eps[edges[i].dst], wanted, False)[0][k]
                 u = kernel.f(i, k, x[v])
-                messages.append(kernel.message(i, k, g, lambda i=i, k=k, u=u: kernel.df(i, k, x[v], u)))
+                messages.append(kernel.message(i, k, g, x[v], u))
             new_x[v] = kernel.advance(v, x[v], mu[v], eps[v], kernel.aggregate(v, messages))
         x = new_x
     return x, eps, acc

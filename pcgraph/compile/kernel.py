@@ -89,10 +89,10 @@ class PCKernel:
                 return hit[1](eps_c, wanted, want_params)
         return self.cg.ops[i].vjp(self.net.edge_params(i), us, eps_c, wanted, want_params)
 
-    def message(self, i: int, k: int, g: Tensor, df: Callable[[], Tensor]) -> Tensor:
-        """The message of edge ``i`` to its source ``k``: ``f_k'(x) * g``; ``df()`` gives
-        ``f_k'(x)`` (called only when the activation is not the identity)."""
-        return g if self.cg.acts[i][k].is_identity else df() * g
+    def message(self, i: int, k: int, g: Tensor, x: Tensor, fx: Tensor) -> Tensor:
+        """The message of edge ``i`` to its source ``k``: ``f_k'(x) * g`` (``x`` the source's
+        value, ``fx = f_k(x)``)."""
+        return self.cg.acts[i][k].backward(x, fx, g)
 
     def aggregate(self, v: str, messages: list[Tensor]) -> Tensor | None:
         drive = None
