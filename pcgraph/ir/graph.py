@@ -64,6 +64,8 @@ class Edge:
     meta: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
+        # options as YAML holds them (a pair given as a tuple equals the same pair read back)
+        self.options = {k: list(v) if isinstance(v, tuple) else v for k, v in self.options.items()}
         if isinstance(self.sources, (list, tuple)):
             self.sources = tuple(self.sources)
         else:
