@@ -1,0 +1,18 @@
+"""Pictures of pcgraph graphs and runs (matplotlib + networkx only, no system binaries).
+
+- :func:`draw_compiled`: the compiled graph laid out by depth (one column per inference
+  step), as PNG/SVG/PDF or a hand-written Graphviz DOT text;
+- :func:`wave_data` / :func:`draw_wave`: mean ``|eps|`` per node and step under Z-IL and IL
+  (Z-IL's error wave reaches a node exactly at ``t = depth``; IL's smears);
+- :func:`plot_runs`: loss and accuracy curves of run folders; :class:`TensorBoardLogger`.
+
+matplotlib is imported lazily (inside the functions), so importing this package is cheap.
+"""
+
+from .curves import TensorBoardLogger, load_run, plot_runs
+from .errors import VizError
+from .graph import draw_compiled, graph_layout, to_dot
+from .wave import draw_wave, wave_data
+
+__all__ = ["TensorBoardLogger", "VizError", "draw_compiled", "draw_wave", "graph_layout", "load_run",
+           "plot_runs", "to_dot", "wave_data"]

@@ -1,0 +1,372 @@
+"""Draw a compiled graph laid out by depth: one column per inference step.
+
+Column ``t = depth(node)``: inputs at the far left (the largest depth), outputs at the
+right (depth 0); a node's label gives its name, shape and ``t``. Every edge is labelled
+with its op, activation(s) and parameter count and coloured by the step at which it
+updates under Z-IL (``t = depth(dst)``; parameter-free edges are grey). A multi-source
+edge is drawn as a small black *factor* dot joining its sources, then one arrow to the
+target; relays (``kind == "relay"``) are small dashed grey nodes.
+
+``draw_compiled(cg, "g.png")`` writes PNG/SVG/PDF through matplotlib (Agg backend), or a
+Graphviz DOT text for ``.dot``/``.gv`` (written by hand: ``rankdir=LR`` and one
+``rank=same`` group per depth). ``raw=True`` draws ``cg.source``, the graph as written
+(no relays), with each node's depth its longest distance to the outputs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import VizError
+
+FORMATS = (".png", ".svg", ".pdf", ".dot", ".gv")
+ROLE_COLORS = {"input": "#9ecae1", "hidden": "#fdd0a2", "output": "#a1d99b", "derived": "#dadaeb",
+               "relay": "#f0f0f0"}
+
+
+@dataclass
+class VNode:
+    name: str
+    shape: tuple | None
+    role: str            # input / hidden / output / derived
+    relay: bool
+    depth: int
+
+
+@dataclass
+class VEdge:
+    index: int
+    sources: tuple
+    dst: str
+    op: str
+    acts: tuple
+    n_params: int
+    key: str | None      # parameter group (None: parameter-free)
+    shared: bool         # the group is used by several edges
+    step: int | None     # Z-IL's update step t = depth(dst) (None: no parameters)
+    relay: bool
+
+    @property
+    def label(self) -> str:
+        acts = list(dict.fromkeys(self.acts))
+        act = "" if acts == ["identity"] else " " + ",".join(acts)
+        text = f"{self.op}{act}"
+        if self.n_params:
+            text += f"\n{_count(self.n_params)} p" + (f" ({self.key})" if self.shared else "")
+        return text
+
+
+@dataclass
+class Layout:
+    nodes: dict[str, VNode]
+    edges: list[VEdge]
+    max_depth: int
+    pos: dict[str, tuple[float, float]] = field(default_factory=dict)
+    rows: int = 1
+
+    @property
+    def columns(self) -> int:
+        return self.max_depth + 1
+
+
+def _count(n: int) -> str:
+    if n >= 1_000_000:
+        return f"{n / 1e6:.1f}M"
+    if n >= 10_000:
+        return f"{n / 1e3:.0f}k"
+    if n >= 1000:
+        return f"{n / 1e3:.1f}k"
+    return str(n)
+
+
+def _shape(shape) -> str:
+    return "[" + ",".join(str(s) for s in shape) + "]" if shape else "[?]"
+
+
+def graph_layout(cg, raw: bool = False) -> Layout:
+    """The drawable description of ``cg`` (or of ``cg.source`` with ``raw=True``) with
+    positions: ``x = max_depth - depth`` (inputs left, outputs right), nodes of one column
+    ordered by the mean row of their sources (one left-to-right sweep)."""
+    if raw:
+        g = cg.source
+        depth = {n: d[1] for n, d in g.distances_to_outputs().items()}
+        ops = [g.make_op(e) for e in g.edges]
+    else:
+        g, depth, ops = cg.graph, cg.depth, cg.ops
+    derived = getattr(cg, "derived", set())
+    nodes = {}
+    for n, v in g.nodes.items():
+        role = "derived" if n in derived else v.role
+        nodes[n] = VNode(n, tuple(v.shape) if v.shape else None, role, v.kind == "relay", depth[n])
+    users: dict[str, int] = {}
+    for i, e in enumerate(g.edges):
+        if ops[i].param_shapes():
+            users[e.key] = users.get(e.key, 0) + 1
+    edges = []
+    for i, e in enumerate(g.edges):
+        shapes = ops[i].param_shapes()
+        n_params = sum(math.prod(s) for s in shapes.values())
+        edges.append(VEdge(i, tuple(e.sources), e.dst, e.op, tuple(e.activations), n_params,
+                           e.key if shapes else None, users.get(e.key, 0) > 1,
+                           depth[e.dst] if shapes else None, e.kind == "relay" or nodes[e.dst].relay))
+    max_depth = max(depth.values()) if depth else 0
+    lay = Layout(nodes, edges, max_depth)
+    columns: dict[int, list[str]] = {}
+    order = g.topological_order()
+    for n in order:
+        columns.setdefault(depth[n], []).append(n)
+    preds: dict[str, list[str]] = {n: [] for n in nodes}
+    for e in edges:
+        preds[e.dst].extend(e.sources)
+    row: dict[str, float] = {}
+    for d in sorted(columns, reverse=True):            # left to right
+        names = columns[d]
+        key = {n: (sum(row[p] for p in preds[n] if p in row) / max(1, sum(p in row for p in preds[n]))
+                   if any(p in row for p in preds[n]) else k) for k, n in enumerate(names)}
+        names.sort(key=lambda n: key[n])
+        for k, n in enumerate(names):
+            row[n] = k
+    lay.rows = max((len(c) for c in columns.values()), default=1)
+    for d, names in columns.items():
+        off = (lay.rows - len(names)) / 2
+        for k, n in enumerate(names):
+            lay.pos[n] = (float(max_depth - d), -(off + k))
+    return lay
+
+
+# ---------------------------------------------------------------------------- DOT ----
+def _q(s: str) -> str:
+    return '"' + str(s).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def _hex(rgba) -> str:
+    return "#" + "".join(f"{int(round(c * 255)):02x}" for c in rgba[:3])
+
+
+def _step_colors(max_depth: int):
+    """Distinct colours per update step: tab10 up to 9 steps, else a sampled turbo."""
+    import matplotlib
+
+    if max_depth < 9:       # tab10 without its grey (grey = parameter-free)
+        cmap = matplotlib.colormaps["tab10"]
+        return lambda t: cmap((0, 1, 2, 3, 4, 5, 6, 8, 9)[t % 9])
+    cmap = matplotlib.colormaps["turbo"]
+    return lambda t: cmap(0.05 + 0.9 * t / max(max_depth, 1))
+
+
+def to_dot(cg, raw: bool = False, name: str = "pcgraph") -> str:
+    """A Graphviz DOT text of the drawing: nodes with name, shape and ``t``; edges with op,
+    activation, parameter count, Z-IL update step (colour); factor points for multi-source
+    edges; dashed grey relays; ``rankdir=LR`` and one ``rank=same`` group per depth."""
+    lay = graph_layout(cg, raw)
+    color = _step_colors(lay.max_depth)
+    lines = [f"digraph {_q(name)} {{", "  rankdir=LR;", '  node [shape=box, style="rounded,filled", fontsize=10];',
+             "  edge [fontsize=8];"]
+    for n, v in lay.nodes.items():
+        label = f"{n}\n{_shape(v.shape)}\nt={v.depth}"
+        if v.relay:
+            attrs = f'style="dashed,filled", color=grey50, fillcolor="{ROLE_COLORS["relay"]}", fontsize=8'
+        else:
+            attrs = f'fillcolor="{ROLE_COLORS[v.role]}"'
+        lines.append(f"  {_q(n)} [label={_q(label)}, {attrs}, tooltip={_q(v.role)}];")
+    for e in lay.edges:
+        c = _hex(color(e.step)) if e.step is not None else "#999999"
+        style = ", style=dashed" if e.relay else ""
+        label = e.label + (f"\nt={e.step}" if e.step is not None else "")
+        if len(e.sources) == 1:
+            lines.append(f"  {_q(e.sources[0])} -> {_q(e.dst)} [label={_q(label)}, color={_q(c)}, "
+                         f"fontcolor={_q(c)}{style}];")
+        else:
+            f = f"factor#{e.index}"
+            lines.append(f"  {_q(f)} [shape=point, width=0.08, label=\"\", xlabel={_q(label)}];")
+            for k, s in enumerate(e.sources):
+                lines.append(f"  {_q(s)} -> {_q(f)} [arrowhead=none, color={_q(c)}, taillabel={_q(k)}];")
+            lines.append(f"  {_q(f)} -> {_q(e.dst)} [color={_q(c)}{style}];")
+    for d in range(lay.max_depth, -1, -1):
+        names = [n for n, v in lay.nodes.items() if v.depth == d]
+        if names:
+            lines.append(f"  {{ rank=same; {'; '.join(_q(n) for n in names)}; }}  // depth {d}")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------ matplotlib ----
+def draw_compiled(cg, path, raw: bool = False, title: str | None = None, dpi: int | None = None,
+                  wrap: int | None = None) -> Path:
+    """Write the drawing of the compiled graph ``cg`` to ``path`` (``.png``, ``.svg``,
+    ``.pdf`` or ``.dot``/``.gv``); returns the path. Figure size grows with the number of
+    columns (depths) and rows; fonts are capped and shrink on big graphs.
+
+    ``wrap``: columns per band; a deeper graph is cut into bands stacked top to bottom (read
+    like text), and an edge between bands is drawn as two labelled stubs (``-> dst`` at its
+    source, ``src ->`` at its target). None (default): no bands up to 24 columns, else bands
+    of at most 16 (up to 64 columns) or 32 columns of equal width; 0: never wrap."""
+    path = Path(path)
+    ext = path.suffix.lower()
+    if ext not in FORMATS:
+        raise VizError(f"unknown picture format {ext or '(none)'!r} (known: {', '.join(FORMATS)})", "-o",
+                       str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if ext in (".dot", ".gv"):
+        path.write_text(to_dot(cg, raw, name=title or "pcgraph"))
+        return path
+
+    from matplotlib.figure import Figure      # no pyplot: any backend, no global state
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import FancyArrowPatch, Patch
+
+    lay = graph_layout(cg, raw)
+    cols, rows = lay.columns, lay.rows
+    if wrap is None:
+        per = 16 if cols <= 64 else 32
+        wrap = math.ceil(cols / math.ceil(cols / per)) if cols > 24 else 0
+    W = cols if not wrap or wrap >= cols else int(wrap)
+    nb = math.ceil(cols / W)
+    gap = 1.4                                    # empty rows between bands
+    pitch = rows + gap
+
+    def place(n):
+        x, y = lay.pos[n]
+        b = int(x) // W
+        return (x - b * W, y - b * pitch), b
+
+    pos, band = {}, {}
+    for n in lay.nodes:
+        pos[n], band[n] = place(n)
+    big = len(lay.nodes) > 40 or W > 24
+    colw, rowh = (1.7, 1.25) if not big else (1.35, 1.05)
+    width = min(max(6.0, W * colw + 2.5), 180.0)
+    height = min(max(3.8, (nb * pitch - gap) * rowh + 2.2), 120.0)
+    if dpi is None:   # keep PNGs below ~12000 px on the long side
+        dpi = int(max(40, min(110, 12000 / max(width, height))))
+    fs_node = 8.5 if not big else 6.5
+    fs_edge = 7.0 if not big else 5.5
+    color = _step_colors(lay.max_depth)
+    fig = Figure(figsize=(width, height))
+    ax = fig.subplots()
+    ax.set_xlim(-0.6 if nb == 1 else -1.3, W - 0.4 if nb == 1 else W + 0.3)
+    ax.set_ylim(-(nb - 1) * pitch - (rows - 1) - 0.75, 0.75 if nb == 1 else 1.0)
+    # ---- nodes first (text boxes sized in points: arrows are clipped to them)
+    patch = {}
+    for n, v in lay.nodes.items():
+        x, y = pos[n]
+        if v.relay:
+            t = ax.text(x, y, f"{n}\nt={v.depth}", fontsize=fs_node - 1.5, ha="center", va="center", color="dimgray",
+                        zorder=3, bbox=dict(boxstyle="square,pad=0.3", fc=ROLE_COLORS["relay"], ec="grey", ls="--",
+                                            lw=1.0))
+        else:
+            t = ax.text(x, y, f"{n}\n{_shape(v.shape)}\nt={v.depth}", fontsize=fs_node, ha="center", va="center",
+                        zorder=3, bbox=dict(boxstyle="round,pad=0.45", fc=ROLE_COLORS[v.role], ec="black", lw=1.0))
+        patch[n] = t.get_bbox_patch()
+    label_box = dict(boxstyle="round,pad=0.12", fc="white", lw=0.5, alpha=0.9)
+    # ---- edges
+    leaving: dict[str, list[str]] = {}     # source -> targets in later bands
+
+    def stub_in(src, x1, y1, c, lw, target_patch, label=None, dy=0.0):
+        """An edge arriving from another band: a short arrow from the left, named by its source."""
+        ax.add_patch(FancyArrowPatch((x1 - 0.48, y1 + dy), (x1, y1), arrowstyle="-|>", mutation_scale=10, color=c,
+                                     lw=lw, patchB=target_patch, shrinkA=0, shrinkB=1, zorder=1))
+        ax.text(x1 - 0.5, y1 + dy, f"{src} \u2192", fontsize=fs_edge, ha="right", va="center", color=c, zorder=4)
+        if label:
+            ax.text(x1 - 0.25, y1 + dy + 0.16, label, fontsize=fs_edge, ha="center", va="bottom", zorder=4,
+                    bbox={**label_box, "ec": c})
+
+    for e in lay.edges:
+        c = color(e.step) if e.step is not None else (0.55, 0.55, 0.55, 1.0)
+        ls = "--" if e.relay else "-"
+        lw = 1.8 if e.step is not None else 1.0
+        x1, y1 = pos[e.dst]
+        for s_ in e.sources:
+            if band[s_] != band[e.dst]:
+                leaving.setdefault(s_, []).append(e.dst)
+        if len(e.sources) == 1 and band[e.sources[0]] != band[e.dst]:
+            stub_in(e.sources[0], x1, y1, c, lw, patch[e.dst], None if e.relay else e.label)
+        elif len(e.sources) == 1:
+            x0, y0 = pos[e.sources[0]]
+            span = x1 - x0
+            rad = 0.0
+            if span > 1.01:     # long edges (inputs read late, derived nodes) bend around the columns between
+                # (bulge ~ rad * length / 2: keep it under about half a row)
+                rad = min(0.3, 1.0 / span) if abs(y1 - y0) <= 0.5 else min(0.08, 0.5 / span)
+            ax.add_patch(FancyArrowPatch((x0, y0), (x1, y1), arrowstyle="-|>", mutation_scale=10, color=c, lw=lw,
+                                         ls=ls, connectionstyle=f"arc3,rad={-rad}", patchA=patch[e.sources[0]],
+                                         patchB=patch[e.dst], shrinkA=1, shrinkB=1, zorder=1))
+            if not e.relay:
+                f = 0.5
+                # the point at parameter f of arc3's quadratic Bezier (control point in display space)
+                (d0x, d0y), (d1x, d1y) = ax.transData.transform([(x0, y0), (x1, y1)])
+                b = 2 * f * (1 - f) * rad
+                px = d0x + f * (d1x - d0x) - b * (d1y - d0y)
+                py = d0y + f * (d1y - d0y) + b * (d1x - d0x)
+                lx, ly = ax.transData.inverted().transform((px, py))
+                ax.text(lx, ly, e.label, fontsize=fs_edge, ha="center", va="center", zorder=4,
+                        bbox={**label_box, "ec": c})
+        else:
+            ys = [pos[s][1] for s in e.sources if band[s] == band[e.dst]]
+            fx = x1 - 0.4
+            fy = (sum(ys) / len(ys) + y1) / 2 if ys else y1
+            for k, s in enumerate(e.sources):
+                if band[s] != band[e.dst]:     # from another band: a short named line into the factor
+                    sy = fy + 0.3 * (k - (len(e.sources) - 1) / 2)
+                    ax.plot([fx - 0.3, fx], [sy, fy], color=c, lw=lw, zorder=1)
+                    ax.text(fx - 0.32, sy, f"{s} \u2192", fontsize=fs_edge, ha="right", va="center", color=c,
+                            zorder=4)
+                    continue
+                ax.add_patch(FancyArrowPatch(pos[s], (fx, fy), arrowstyle="-", color=c, lw=lw, patchA=patch[s],
+                                             shrinkA=1, shrinkB=2, zorder=1))
+            ax.add_patch(FancyArrowPatch((fx, fy), (x1, y1), arrowstyle="-|>", mutation_scale=10, color=c, lw=lw,
+                                         patchB=patch[e.dst], shrinkA=2, shrinkB=1, zorder=1))
+            ax.plot([fx], [fy], "o", ms=6, color="black", zorder=3)
+            ax.text(fx, fy - 0.12, e.label, fontsize=fs_edge, ha="center", va="top", zorder=4,
+                    bbox={**label_box, "ec": c})
+    # ---- edges that leave for a later band: one stub per source, naming the targets
+    for src, dsts in leaving.items():
+        x0, y0 = pos[src]
+        names = list(dict.fromkeys(dsts))
+        text = ", ".join(names[:3]) + (f" (+{len(names) - 3})" if len(names) > 3 else "")
+        ax.add_patch(FancyArrowPatch((x0, y0), (x0 + 0.48, y0 - 0.22), arrowstyle="-", color="0.35", lw=1.0,
+                                     patchA=patch[src], shrinkA=1, shrinkB=0, zorder=1))
+        ax.text(x0 + 0.5, y0 - 0.22, f"\u2192 {text}", fontsize=fs_edge, ha="left", va="center", color="0.25",
+                zorder=4)
+    # ---- axes: one column per step
+    tfs = min(9, fs_node + 0.5)
+    if nb == 1:
+        ax.set_xticks(range(cols))
+        ax.set_xticklabels([f"t={lay.max_depth - c}" for c in range(cols)], fontsize=tfs)
+    else:
+        ax.set_xticks([])
+        for c in range(cols):
+            b, x = divmod(c, W)
+            ax.text(x, -b * pitch + 0.62, f"t={lay.max_depth - c}", fontsize=tfs, ha="center", va="bottom",
+                    color="0.3")
+        for b in range(1, nb):
+            ax.axhline(-b * pitch + gap / 2 + 0.35, color="0.6", lw=0.8, ls=":", zorder=0)
+    ax.set_yticks([])
+    for s in ("left", "right", "top"):
+        ax.spines[s].set_visible(False)
+    for c in range(W):
+        ax.axvline(c, color="0.93", lw=0.6, zorder=0)
+    ax.set_xlabel("depth = inference step t at which the node's error equals BP's delta (Z-IL)"
+                  + (f"; {nb} bands of {W} steps, read top to bottom" if nb > 1 else ""), fontsize=9)
+    what = "source graph (as written)" if raw else "compiled graph"
+    nrel = sum(v.relay for v in lay.nodes.values())
+    ax.set_title(f"{title + ': ' if title else ''}{what}, {len(lay.nodes)} nodes"
+                 + (f" ({nrel} relays)" if nrel else "") + f", {len(lay.edges)} edges, depth {lay.max_depth}",
+                 fontsize=11)
+    handles = [Patch(fc=ROLE_COLORS[r], ec="black", label=r) for r in ("input", "hidden", "output", "derived")
+               if any(v.role == r and not v.relay for v in lay.nodes.values())]
+    if nrel:
+        handles.append(Patch(fc=ROLE_COLORS["relay"], ec="grey", ls="--", label="relay (identity, no params)"))
+    if any(len(e.sources) > 1 for e in lay.edges):
+        handles.append(Line2D([], [], marker="o", color="black", ls="", ms=5, label="factor (multi-source edge)"))
+    handles.append(Line2D([], [], color="0.55", lw=1.0, label="parameter-free edge"))
+    steps = sorted({e.step for e in lay.edges if e.step is not None})
+    shown = steps if len(steps) <= 8 else steps[:: math.ceil(len(steps) / 8)]
+    for t in shown:
+        handles.append(Line2D([], [], color=color(t), lw=2, label=f"updates at t={t} (Z-IL)"))
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    return path
