@@ -1,16 +1,18 @@
 """``pcgraph``: run, check and show predictive-coding graphs from YAML specs.
 
 Every verb that reads a spec reports a broken spec as one message (file, line, spec
-path, what would be valid) on stderr and exits with status 2, without a traceback.
+path, what would be valid) on stderr and exits with status 2, without a traceback; training
+that diverges (NaN or infinite loss or parameters) stops with one message and status 3.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
-from .errors import PCGraphError
+from .errors import PCGraphError, TrainingError
 
 EPILOG = """examples:
   pcgraph run graphs/quickstart.yaml
@@ -19,6 +21,9 @@ EPILOG = """examples:
   pcgraph check graphs/mnist_mlp.yaml --algorithm zil --set train.algorithm.gamma=0.5
   pcgraph show graphs/residual_mlp.yaml --algorithm zil
   pcgraph ablate graphs/mnist_mlp.yaml --out runs/ablation
+  pcgraph viz graphs/residual_mlp.yaml -o residual.png
+  pcgraph wave graphs/quickstart.yaml -o wave.png
+  pcgraph plot runs/a runs/b -o curves.png
 
 data: MNIST/FashionMNIST are read from data.root or $PCGRAPH_DATA (torchvision's layout)
 when set, else downloaded by torchvision."""
@@ -32,6 +37,9 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
                         "model.edges[0].activation=tanh (repeatable)")
     p.add_argument("--seed", type=int, help="override the spec's seed")
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1 ... (default cpu)")
+    p.add_argument("--threads", type=int, default=1, metavar="N",
+                   help="CPU threads for torch (torch.set_num_threads; default 1: these networks are "
+                        "small, and more threads mostly contend with other jobs on shared machines)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,7 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dtype", default="float32", help="float32 (default) or float64")
     run.add_argument("--out", metavar="DIR", help="output folder (default runs/<spec name>)")
     run.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--tensorboard", action="store_true",
+                     help="also log each epoch's metrics to DIR/tensorboard (needs the tensorboard package)")
+    run.add_argument("--no-progress", action="store_true",
+                     help="no progress bar (or, when stderr is not a terminal, no progress line every 30 s)")
 
     check = sub.add_parser("check", help="compare a learning rule with BP, parameter by parameter",
                            description="From the same initial parameters and the same K mini-batches, train "
@@ -83,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Validate a spec and print its graph, the compiled graph (depths, "
                                       "relays, update steps) and the rule's inference plan.")
     _spec_args(show)
+
+    from .viz.cli import add_parsers   # viz, wave, plot
+
+    add_parsers(sub)
     return parser
 
 
@@ -99,13 +114,36 @@ def load_spec(args):
     return Spec.load(args.spec, overrides=sets)
 
 
+def _out_dir(path) -> Path:
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        from .errors import SpecError
+
+        raise SpecError(f"{out} is a file, not a folder", "--out")
+    return out
+
+
+def default_out(name: str) -> Path:
+    """``runs/<name>``, with the name made a single safe folder name (a spec's ``name`` such as
+    ``../../x`` never writes outside ``runs/``)."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "unnamed"
+    return Path("runs") / safe
+
+
 def cmd_run(args) -> int:
     from .train import Experiment, Trainer
 
     spec = load_spec(args)
+    out = _out_dir(args.out) if args.out else _out_dir(default_out(spec.name))
     exp = Experiment.build(spec, args.device, args.dtype)
-    out = Path(args.out) if args.out else Path("runs") / spec.name
-    trainer = Trainer(exp, out, progress=not args.no_progress and sys.stderr.isatty())
+    tty = sys.stderr.isatty()
+    # a terminal gets a progress bar; a log file a progress line every 30 s during an epoch
+    trainer = Trainer(exp, out, progress=not args.no_progress and tty,
+                      progress_every=None if args.no_progress or tty else 30.0)
+    if args.tensorboard:
+        from .viz import TensorBoardLogger
+
+        trainer.on_epoch.append(TensorBoardLogger(out / "tensorboard", prefix=spec.name).log)
     if args.resume:
         trainer.resume()
     print(f"{spec.name}: {exp.rule.name} on {spec.data.dataset}, {sum(p.numel() for p in exp.net.parameters())} "
@@ -125,6 +163,9 @@ def cmd_check(args) -> int:
     spec = load_spec(args)
     report = check_against_bp(spec, args.steps, args.device, args.dtype)
     print(report.format())
+    if report.nothing_compared:
+        print(f"FAIL: nothing was compared: {report.nothing_compared}")
+        return 1
     tol = args.tol if args.tol is not None else (1e-10 if "64" in report.dtype else 1e-4)
     ok = report.max_divergence <= tol
     print(f"{'PASS' if ok else 'FAIL'}: tolerance {tol:g}")
@@ -136,6 +177,7 @@ def cmd_ablate(args) -> int:
     from .studies.ablation import format_table
 
     spec = load_spec(args)
+    _out_dir(args.out)
     ints = lambda text: [int(v) for v in text.split(",") if v.strip()]  # noqa: E731
     cfg = AblationConfig(layers=ints(args.layers), epochs=args.epochs,
                          train_subset=args.train_subset or None, test_subset=args.test_subset or None,
@@ -169,10 +211,21 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return {"run": cmd_run, "check": cmd_check, "ablate": cmd_ablate, "show": cmd_show}[args.verb](args)
+        threads = getattr(args, "threads", 1)
+        if threads < 1:
+            from .errors import SpecError
+
+            raise SpecError(f"expected at least 1 thread, got {threads}", "--threads")
+        import torch
+
+        from .viz.cli import COMMANDS
+
+        torch.set_num_threads(threads)
+        verbs = {"run": cmd_run, "check": cmd_check, "ablate": cmd_ablate, "show": cmd_show, **COMMANDS}
+        return verbs[args.verb](args)
     except PCGraphError as err:
         print(f"pcgraph {args.verb}: error: {err}", file=sys.stderr)
-        return 2
+        return 3 if isinstance(err, TrainingError) else 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -49,3 +49,8 @@ class DataError(PCGraphError):
 
 class CheckpointError(PCGraphError):
     """A checkpoint cannot be read or does not match the spec."""
+
+
+class TrainingError(PCGraphError):
+    """Training cannot go on (e.g. the loss or a parameter became NaN or infinite); the CLI
+    exits with status 3. The last good checkpoint is kept."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import types
+import math
 import typing
 from typing import Any, Literal
 
@@ -92,8 +93,9 @@ def _one(value, typ):
     if typ is int:
         return isinstance(value, int) and not isinstance(value, bool), value
     if typ is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool), float(value) \
-            if isinstance(value, (int, float)) else None
+        # NaN and infinities are never meaningful settings (a step size, a noise scale, ...)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return ok, float(value) if ok else None
     if typ is str:
         return isinstance(value, str), value
     if typ is Any:
@@ -110,4 +112,20 @@ def coerce(value, hint, where: str):
         if ok:
             return conv
     names = " or ".join(_name(t) for t in options)
+    if isinstance(value, float) and not math.isfinite(value):
+        names = "a finite " + names
     raise SpecError(f"expected {names}, got {value!r}", where)
+
+
+#: the most steps any step-count setting (``T``, ``t_d``, ``predict_steps``, ``update_at``,
+#: ``epochs``, ``max_steps_per_epoch``) may ask for: larger values are almost always a typo,
+#: and would run for days (or overflow) before failing.
+MAX_STEPS = 100_000
+
+
+def check_steps(value, where: str) -> None:
+    """Raise a located SpecError when a step count exceeds ``MAX_STEPS``."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > MAX_STEPS:
+        raise SpecError(f"{value} is more than the {MAX_STEPS} steps allowed (a typo? step counts "
+                        f"this large would run for days before anything could be checked)", where)
+

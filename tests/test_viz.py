@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 from pcgraph import Experiment, Spec, Trainer  # noqa: E402
 from pcgraph.errors import PCGraphError  # noqa: E402
@@ -166,3 +167,13 @@ def test_viz_wraps_deep_graphs_into_bands(name, tmp_path):
     path = draw_compiled(compiled(name), tmp_path / "bands.png", wrap=2)
     assert path.read_bytes()[:4] == b"\x89PNG"
     assert cli("viz", f"graphs/{name}.yaml", "-o", str(tmp_path / "b.svg"), "--wrap", "3") == 0
+
+
+def test_run_with_tensorboard_writes_events(tmp_path):
+    pytest.importorskip("tensorboard")
+    from pcgraph.cli import main
+
+    out = tmp_path / "run"
+    assert main(["run", str(Path(__file__).resolve().parents[1] / "graphs" / "quickstart.yaml"), "--epochs", "1", "--out", str(out), "--no-progress",
+                 "--tensorboard", "--set", "data.train_subset=200"]) == 0
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))

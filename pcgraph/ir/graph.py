@@ -12,6 +12,8 @@ with the YAML a user wrote. Passes keep what they derive in ``meta``.
 from __future__ import annotations
 
 import copy
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -116,6 +118,23 @@ class Edge:
         return d
 
 
+#: what a node or parameter name may contain. Not '.', which torch's module and state-dict
+#: keys reserve, nor '~', which names the compiler's relays (``h~1``), nor '+', which joins
+#: the sources in automatic parameter names.
+#: the largest node (values per sample) and edge parameter group (values) accepted
+MAX_NODE_NUMEL = 2 ** 31
+MAX_PARAM_NUMEL = 2 ** 31
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")
+NAME_RULE = "letters, digits, '_' and '-' (not starting with '-')"
+
+
+def check_name(name, where: str, what: str) -> None:
+    if not isinstance(name, str) or not name:
+        raise SpecError(f"{what} must be a non-empty string, got {name!r}", where)
+    if not NAME_PATTERN.fullmatch(name):
+        raise SpecError(f"{what} may contain only {NAME_RULE}, got {name!r}", where)
+
+
 class PCGraph:
     """A directed acyclic graph of value nodes and edges, kept in declaration order."""
 
@@ -132,6 +151,8 @@ class PCGraph:
         where = f"model.nodes[{len(self.nodes)}]"
         if not isinstance(node.name, str) or not node.name:
             raise SpecError("a node needs a non-empty string 'name'", f"{where}.name")
+        if node.kind != "relay":
+            check_name(node.name, f"{where}.name", "a node name")
         if node.name in self.nodes:
             raise SpecError(f"duplicate node name {node.name!r}", f"{where}.name")
         if node.role not in ROLES:
@@ -144,6 +165,9 @@ class PCGraph:
                     isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape):
                 raise SpecError(f"shape must be a non-empty list of positive integers, got {node.shape!r}",
                                 f"{where}.shape")
+            if math.prod(shape) > MAX_NODE_NUMEL:
+                raise SpecError(f"shape {list(shape)} has {math.prod(shape)} values per sample; at most "
+                                f"2**31 ({MAX_NODE_NUMEL}) are supported", f"{where}.shape")
             node.shape = tuple(shape)
         self.nodes[node.name] = node
         return node
@@ -155,6 +179,8 @@ class PCGraph:
         if not srcs or not all(isinstance(n, str) and n for n in srcs):
             raise SpecError(f"'from' needs a node name or a list of node names, got {list(srcs)!r}", f"{where}.from")
         check_arity(op_cls, len(srcs), where)
+        if edge.param is not None:
+            check_name(edge.param, f"{where}.param", "a parameter name")
         acts = edge.activations
         if len(acts) != len(srcs):
             raise SpecError(f"give one activation for all sources or one per source ({len(srcs)}), "
@@ -274,6 +300,11 @@ class PCGraph:
                 raise GraphError(f"self-loop on {e.dst!r} (a PC graph must be acyclic)", self._at(i))
         seen: dict[str, int] = {}
         for i, e in enumerate(self.edges):
+            if e.param is None and e.key in seen and self.edges[seen[e.key]].label != e.label:
+                other = self.edges[seen[e.key]]
+                raise GraphError(f"edges[{seen[e.key]}] ({other.label}) and this edge ({e.label}) would both get "
+                                 f"the automatic parameter name {e.key!r} ('<from>_to_<to>'); give one of them "
+                                 "its own 'param' name (or rename a node)", self._at(i))
             if e.param is None and e.key in seen:
                 raise GraphError(f"duplicate edge {e.label} (also edges[{seen[e.key]}]); give one of them "
                                  "its own 'param' name, or route one through an intermediate node",
@@ -346,6 +377,11 @@ class PCGraph:
         first: dict[str, tuple[int, Edge, dict]] = {}
         for i, e in enumerate(self.edges):
             shapes = self.make_op(e).param_shapes()
+            numel = sum(math.prod(v) for v in shapes.values())
+            if numel > MAX_PARAM_NUMEL:
+                raise GraphError(f"this edge's parameters would hold {numel} values (shapes "
+                                 f"{ {k: list(v) for k, v in shapes.items()} }); at most 2**31 "
+                                 f"({MAX_PARAM_NUMEL}) per edge are supported", self._at(i))
             if e.param is None:
                 continue
             if not shapes:

@@ -58,6 +58,7 @@ import torch
 
 from ..compile import EVERY, PCKernel, State, build_full_plan, run_plan, run_reference
 from ..errors import SpecError
+from ..settings import check_steps
 from .base import RULES, LearningRule, StepInfo
 
 
@@ -78,6 +79,8 @@ class FaZILSettings:
         for k in ("T", "predict_steps"):
             if getattr(self, k) is not None and getattr(self, k) < 0:
                 raise SpecError(f"{k} must be >= 0", f"{where}.{k}")
+        for k in ("t_d", "T", "predict_steps"):
+            check_steps(getattr(self, k), f"{where}.{k}")
 
 
 @dataclass

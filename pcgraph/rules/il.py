@@ -23,6 +23,7 @@ import torch
 
 from ..compile import PCKernel, build_plan, feedforward, run_plan, run_reference
 from ..errors import SpecError
+from ..settings import check_steps
 from .base import RULES, LearningRule, StepInfo
 
 
@@ -37,6 +38,8 @@ class ILSettings:
     def check(self, where: str = "train.algorithm") -> None:
         if self.T is not None and self.T < 0:
             raise SpecError(f"T must be >= 0, got {self.T}", f"{where}.T")
+        check_steps(self.T, f"{where}.T")
+        check_steps(self.update_at, f"{where}.update_at")
         if isinstance(self.update_at, str) and self.update_at != "depth":
             raise SpecError(f"update_at must be an integer step or 'depth', got {self.update_at!r}",
                             f"{where}.update_at")

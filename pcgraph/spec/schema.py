@@ -17,10 +17,12 @@ from ..errors import PCGraphError, SpecError
 from ..ir import Edge, PCGraph, ValueNode
 from ..ir.graph import EDGE_KEYS
 from ..ops import LOSSES
+from ..settings import check_steps
 from .overrides import apply_overrides
 from .unroll import Unroll, expand, parse_unroll
-from .yamlio import dump_yaml, load_yaml, locate
+from .yamlio import decode_spec, dump_yaml, load_yaml, locate
 
+MAX_SEED = 2 ** 62      # seeds feed torch.Generator.manual_seed (int64), offset per use
 TOP_KEYS = ("name", "description", "seed", "data", "model", "loss", "train")
 NODE_KEYS = ("name", "shape", "role", "kind")
 
@@ -71,6 +73,7 @@ class DataSpec:
             raise SpecError(f"expected a mapping of option names to values, got {d['options']!r}", "data.options")
         out = cls(**d)
         _typed(out.dataset, (str,), "data.dataset", "a dataset name")
+        _typed(out.shuffle, (bool,), "data.shuffle", "true or false (a YAML boolean, not a string)")
         for k in ("batch_size", "test_batch_size"):
             _typed(getattr(out, k), (int,), f"data.{k}", "a positive integer", positive=True)
         for k in ("train_subset", "test_subset"):
@@ -120,6 +123,7 @@ class TrainSpec:
         _check_keys(d, cls.KEYS, "train")
         alg = AlgorithmSpec.from_value(d.get("algorithm", "bp"))
         epochs = _typed(d.get("epochs", 1), (int,), "train.epochs", "a positive integer", positive=True)
+        check_steps(epochs, "train.epochs")
         opt = d.get("optimizer", {"name": "sgd", "lr": 0.01})
         if isinstance(opt, str):
             opt = {"name": opt}
@@ -129,6 +133,7 @@ class TrainSpec:
         msteps = d.get("max_steps_per_epoch")
         if msteps is not None:
             _typed(msteps, (int,), "train.max_steps_per_epoch", "a positive integer", positive=True)
+            check_steps(msteps, "train.max_steps_per_epoch")
         reduction = d.get("reduction", "mean")
         if reduction not in ("mean", "sum"):
             raise SpecError(f"unknown reduction {reduction!r} (known: mean, sum)", "train.reduction")
@@ -248,6 +253,8 @@ class Spec:
             _check_keys(d, TOP_KEYS, "")
             spec.name = _typed(d.get("name", "unnamed"), (str,), "name", "a string")
             spec.seed = _typed(d.get("seed", 0), (int,), "seed", "an integer")
+            if not 0 <= spec.seed < MAX_SEED:
+                raise SpecError(f"expected a seed in [0, 2**62), got {spec.seed}", "seed")
             spec.description = d.get("description")
             spec.data = DataSpec.from_dict(d.get("data"))
             model = d.get("model")
@@ -314,9 +321,10 @@ class Spec:
     def load(cls, path: str | Path, overrides: list[str] | None = None) -> "Spec":
         path = Path(path)
         try:
-            text = path.read_text()
+            raw = path.read_bytes()
         except OSError as exc:
             raise SpecError(f"cannot read the spec: {exc.strerror}", None, str(path)) from None
+        text = decode_spec(raw, str(path))
         return cls.from_yaml(text, str(path), overrides)
 
     def to_dict(self) -> dict:

@@ -29,8 +29,112 @@ SpecLoader.add_implicit_resolver(
     list("-+0123456789."))
 
 
+#: deepest nesting of mappings/sequences a spec may use (real specs use fewer than 10)
+MAX_DEPTH = 64
+
+
+def _mark(filename: str, mark) -> str:
+    return f"{filename}:{mark.line + 1}:{mark.column + 1}" if mark is not None else filename
+
+
+class _GuardedLoader(SpecLoader):
+    """``SpecLoader`` that refuses aliases (``*name``: no "billion laughs" expansion, as
+    nothing is ever expanded) and nesting deeper than ``MAX_DEPTH`` (no RecursionError),
+    both before anything is constructed."""
+
+    filename = "<string>"
+
+    def __init__(self, stream, filename: str = "<string>"):
+        super().__init__(stream)
+        self.filename = filename
+        self._depth = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise SpecError(f"YAML aliases (*{event.anchor}) are not supported in specs: write the "
+                            f"value out (or use 'param:' to share a parameter)", None,
+                            _mark(self.filename, event.start_mark))
+        if self._depth >= MAX_DEPTH:
+            event = self.peek_event()
+            raise SpecError(f"the YAML nests deeper than {MAX_DEPTH} levels", None,
+                            _mark(self.filename, event.start_mark))
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _check_tree(root: yaml.Node, filename: str) -> None:
+    """Duplicate mapping keys and NUL characters are errors (iterative: no recursion)."""
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, yaml.ScalarNode):
+            if isinstance(node.value, str) and "\x00" in node.value:
+                raise SpecError("a NUL character (\\0) is not allowed in a spec", None,
+                                _mark(filename, node.start_mark))
+        elif isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for k, v in node.value:
+                if isinstance(k, yaml.ScalarNode):
+                    if k.value in seen:
+                        first = seen[k.value]
+                        raise SpecError(f"duplicate key {k.value!r} (first at line {first.line + 1}, "
+                                        f"again at line {k.start_mark.line + 1})", None,
+                                        _mark(filename, k.start_mark))
+                    seen[k.value] = k.start_mark
+                stack.append(k)
+                stack.append(v)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+
+
+def _parse(text: str, filename: str):
+    """``(data, root node)``: composed once with the guards above, checked, then constructed."""
+    loader = _GuardedLoader(text, filename)
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            return None, None
+        _check_tree(root, filename)
+        return loader.construct_document(root), root
+    finally:
+        loader.dispose()
+
+
 def parse_yaml(text: str):
-    return yaml.load(text, Loader=SpecLoader)
+    return _parse(text, "<string>")[0]
+
+
+def decode_spec(raw: bytes, filename: str) -> str:
+    """Spec bytes to text: UTF-8 (with or without a BOM) or UTF-16/32 with a BOM; anything
+    else is a located error, never a UnicodeDecodeError."""
+    import codecs
+
+    for bom, enc in ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+                     (codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"),
+                     (codecs.BOM_UTF16_BE, "utf-16")):
+        if raw.startswith(bom):
+            try:
+                return raw.decode(enc)
+            except UnicodeDecodeError as exc:
+                raise SpecError(f"the file starts with a {enc} byte-order mark but is not valid "
+                                f"{enc} ({exc.reason})", None, filename) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        before = raw[:exc.start]
+        line = before.count(b"\n") + 1
+        col = exc.start - (before.rfind(b"\n") + 1) + 1
+        hint = " (it looks like UTF-16 without a byte-order mark)" if b"\x00" in raw[:64] else ""
+        raise SpecError(f"the spec is not UTF-8 text: byte 0x{raw[exc.start]:02x} cannot be decoded"
+                        f"{hint}; save it as UTF-8", None, f"{filename}:{line}:{col}") from None
+    if "\x00" in text:
+        raise SpecError("the spec contains NUL bytes: it looks like UTF-16 without a byte-order mark; "
+                        "save it as UTF-8", None, filename)
+    return text
 
 
 def _path(parent: str, key: Any) -> str:
@@ -39,32 +143,39 @@ def _path(parent: str, key: Any) -> str:
     return f"{parent}.{key}" if parent else str(key)
 
 
-def _walk(node: yaml.Node, path: str, filename: str, locs: dict[str, str]) -> None:
-    locs[path] = f"{filename}:{node.start_mark.line + 1}:{node.start_mark.column + 1}"
-    if isinstance(node, yaml.MappingNode):
-        for k, v in node.value:
-            key = k.value
-            p = _path(path, key)
-            locs[p] = f"{filename}:{k.start_mark.line + 1}:{k.start_mark.column + 1}"
-            _walk(v, p, filename, locs)
-            locs[p] = f"{filename}:{k.start_mark.line + 1}:{k.start_mark.column + 1}"
-    elif isinstance(node, yaml.SequenceNode):
-        for i, v in enumerate(node.value):
-            _walk(v, _path(path, i), filename, locs)
+def _walk(root: yaml.Node, filename: str, locs: dict[str, str]) -> None:
+    stack: list[tuple[yaml.Node, str]] = [(root, "")]
+    while stack:
+        node, path = stack.pop()
+        locs.setdefault(path, _mark(filename, node.start_mark))
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                p = _path(path, k.value)
+                locs[p] = _mark(filename, k.start_mark)
+                stack.append((v, p))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                stack.append((v, _path(path, i)))
 
 
 def load_yaml(text: str, filename: str = "<string>") -> tuple[Any, dict[str, str]]:
     try:
-        data = parse_yaml(text)
-        root = yaml.compose(text, Loader=SpecLoader)
+        data, root = _parse(text, filename)
+    except yaml.reader.ReaderError as exc:
+        before = text[:exc.position]
+        loc = f"{filename}:{before.count(chr(10)) + 1}:{exc.position - (before.rfind(chr(10)) + 1) + 1}"
+        raise SpecError(f"invalid YAML: character #x{exc.character if isinstance(exc.character, int) else ord(exc.character):04x} "
+                        f"is not allowed ({exc.reason})", None, loc) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        loc = f"{filename}:{mark.line + 1}:{mark.column + 1}" if mark else filename
+        loc = _mark(filename, mark) if mark else filename
         problem = getattr(exc, "problem", None) or str(exc)
         raise SpecError(f"invalid YAML: {problem}", None, loc) from None
+    except RecursionError:
+        raise SpecError("the YAML nests too deeply", None, filename) from None
     locs: dict[str, str] = {}
     if root is not None:
-        _walk(root, "", filename, locs)
+        _walk(root, filename, locs)
     return data, locs
 
 

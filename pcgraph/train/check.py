@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import SpecError
 from ..spec import AlgorithmSpec, Spec
 from .trainer import Experiment
 
@@ -34,6 +35,19 @@ class CheckReport:
     params: list[ParamDiff]
 
     @property
+    def nothing_compared(self) -> str | None:
+        """Why this report proves nothing (no steps, no parameters, every BP update exactly
+        zero), or None."""
+        if self.steps < 1:
+            return "no mini-batch was compared (--steps must be at least 1)"
+        if not self.params:
+            return "the graph has no parameters to compare"
+        if all(p.bp_update == 0 for p in self.params):
+            return ("every BP update is exactly zero (a zero learning rate? a constant loss?): "
+                    "there is nothing to compare against")
+        return None
+
+    @property
     def max_divergence(self) -> float:
         return max((p.max_rel for p in self.params), default=0.0)
 
@@ -48,6 +62,8 @@ class CheckReport:
 
 
 def check_against_bp(spec: Spec, steps: int = 10, device="cpu", dtype="float64") -> CheckReport:
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise SpecError(f"expected at least 1 mini-batch to compare, got {steps!r}", "--steps")
     rule_exp = Experiment.build(spec, device, dtype)
     bp_spec = copy.deepcopy(spec)
     bp_spec.train.algorithm = AlgorithmSpec("bp")
@@ -56,12 +72,15 @@ def check_against_bp(spec: Spec, steps: int = 10, device="cpu", dtype="float64")
     start = {k: v.detach().clone() for k, v in rule_exp.net.state_dict().items()}
     done = 0
     while done < steps:
+        before = done
         for inputs, targets, _ in rule_exp.batches.train():
             if done == steps:
                 break
             bp_exp.step(inputs, targets)
             rule_exp.step(inputs, targets)
             done += 1
+        if done == before:
+            raise SpecError("the training set yields no mini-batch to compare", "data")
     diffs = []
     bp_state, rule_state = bp_exp.net.state_dict(), rule_exp.net.state_dict()
     for name, p0 in start.items():

@@ -1,9 +1,14 @@
 """Checkpoints: written atomically (temp file + ``os.replace``), so a run killed while
-saving never leaves a broken file; ``load_checkpoint`` checks that it fits the spec."""
+saving never leaves a broken file; ``load_checkpoint`` checks that it fits the spec.
+
+Checkpoints hold only tensors and plain data (dicts, lists, tuples, str/int/float/bool/None):
+the spec as a plain dict, RNG states as tensors. They are read with
+``torch.load(weights_only=True)``, so a crafted file cannot run code when loaded."""
 
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
 import torch
@@ -24,9 +29,14 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
 def load_checkpoint(path: str | Path, map_location=None) -> dict:
     path = Path(path)
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise CheckpointError("no checkpoint here to resume from", None, str(path)) from None
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError("refusing to read the checkpoint: it holds objects other than tensors and "
+                              f"plain data (only those are loaded, so a crafted file cannot run code): {first}",
+                              None, str(path)) from None
     except Exception as exc:
         raise CheckpointError(f"cannot read the checkpoint: {exc}", None, str(path)) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +20,7 @@ import torch
 
 from ..compile import CompiledGraph, PCNetwork, compile_graph
 from ..data import GraphBatches, load_dataset
-from ..errors import CheckpointError, PCGraphError, SpecError
+from ..errors import CheckpointError, PCGraphError, SpecError, TrainingError
 from ..rules import LearningRule, make_rule
 from ..spec import Spec
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -37,12 +39,19 @@ def resolve_dtype(dtype) -> torch.dtype:
 
 
 def resolve_device(device) -> torch.device:
+    """``cpu`` or ``cuda[:N]`` (when CUDA is there); anything else is one located error."""
     try:
         dev = torch.device(device or "cpu")
-    except RuntimeError as exc:
-        raise SpecError(f"{exc}", "--device") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SpecError("CUDA is not available on this machine (use --device cpu)", "--device")
+    except (RuntimeError, TypeError) as exc:
+        raise SpecError(f"unknown device {device!r} (use cpu, cuda or cuda:N)", "--device") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise SpecError(f"device {device!r} is not supported (use cpu, cuda or cuda:N)", "--device")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SpecError("CUDA is not available on this machine (use --device cpu)", "--device")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise SpecError(f"there is no {dev} here ({torch.cuda.device_count()} CUDA device(s): "
+                            f"cuda:0 .. cuda:{torch.cuda.device_count() - 1})", "--device")
     return dev
 
 
@@ -134,6 +143,11 @@ class Trainer:
     log: Callable[[str], None] = print
     history: list = field(default_factory=list)
     start_epoch: int = 0
+    #: without a progress bar (e.g. stderr is a log file), print a progress line to stderr at
+    #: most every this many seconds during an epoch (None: never)
+    progress_every: float | None = None
+    #: called with every epoch's record (e.g. a TensorBoard logger's ``log(record, epoch)``)
+    on_epoch: list = field(default_factory=list)
 
     def checkpoint_path(self) -> Path | None:
         return self.out / "checkpoint.pt" if self.out else None
@@ -149,9 +163,18 @@ class Trainer:
     def resume(self) -> None:
         path = self.checkpoint_path()
         state = load_checkpoint(path, map_location=self.exp.net.device)
-        saved = Spec.from_dict(state["spec"])
+        try:
+            saved = Spec.from_dict(state["spec"])
+        except (PCGraphError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"the checkpoint's spec cannot be read: {exc}", None, str(path)) from None
         if saved.model != self.exp.spec.model:
             raise CheckpointError("the checkpoint was written for a different model graph", None, str(path))
+        differ = _resume_differences(saved, self.exp.spec)
+        if differ:
+            raise CheckpointError("cannot resume: these settings differ from the checkpoint's ("
+                                  + "; ".join(differ) + "); resume with the checkpoint's settings "
+                                  "(only train.epochs may change) or start a new run with another --out",
+                                  None, str(path))
         try:
             self.exp.net.load_state_dict(state["model"])
             self.exp.optimizer.load_state_dict(state["optimizer"])
@@ -165,11 +188,67 @@ class Trainer:
         self.start_epoch = int(state["epoch"])
         self.log(f"resumed from {path} after epoch {self.start_epoch}")
 
+    def _check_finite(self, loss: float, epoch: int, step: int, steps: int) -> None:
+        """Stop with a TrainingError naming the loss, or the first parameter (or gradient) that
+        is NaN or infinite, and the epoch/step; the checkpoint on disk (if any) is the last
+        good one, as a diverged epoch is never saved."""
+        what = None
+        if not math.isfinite(loss):
+            what = f"the training loss is {loss}"
+        else:
+            named = [(n, p) for n, p in self.exp.net.named_parameters()]
+            named += [(f"rule.{n}", p) for n, p in self.exp.rule.named_parameters()] \
+                if isinstance(self.exp.rule, torch.nn.Module) else []
+            tensors = [p for _, p in named] + [p.grad for _, p in named if p.grad is not None]
+            if tensors and not bool(torch.stack([t.detach().abs().amax() if t.numel() else
+                                                 t.new_zeros(()) for t in tensors]).isfinite().all()):
+                for n, p in named:
+                    if p.grad is not None and not bool(p.grad.isfinite().all()):
+                        what = f"the gradient of parameter '{n}' is not finite"
+                        break
+                    if not bool(p.detach().isfinite().all()):
+                        what = f"parameter '{n}' is not finite"
+                        break
+        if what is None:
+            return
+        path = self.checkpoint_path()
+        kept = (f"; the last good checkpoint is {path} (epoch {epoch - 1})"
+                if path is not None and epoch > 1 and path.exists() else "; no checkpoint was written")
+        raise TrainingError(f"training diverged at epoch {epoch}, step {step}/{steps}: {what} "
+                            f"(lower the learning rate?){kept}")
+
+    def _prepare_metrics(self) -> None:
+        """A fresh run never appends to an old ``metrics.jsonl`` (the old file is moved to
+        ``metrics.jsonl.N``); a resumed run drops lines after the checkpoint's epoch (written
+        by a run killed between its metrics line and its checkpoint), so no epoch repeats."""
+        metrics = self.out / "metrics.jsonl"
+        if not metrics.exists():
+            return
+        if self.start_epoch == 0:
+            k = 1
+            while metrics.with_name(f"metrics.jsonl.{k}").exists():
+                k += 1
+            old = metrics.with_name(f"metrics.jsonl.{k}")
+            os.replace(metrics, old)
+            self.log(f"a new run: moved the old {metrics} to {old} (use --resume to continue it)")
+            return
+        keep = []
+        for line in metrics.read_text().splitlines():
+            try:
+                if int(json.loads(line)["epoch"]) <= self.start_epoch:
+                    keep.append(line)
+            except (ValueError, KeyError, TypeError):
+                continue
+        tmp = metrics.with_name("metrics.jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in keep))
+        os.replace(tmp, metrics)
+
     def fit(self, epochs: int | None = None) -> list[dict]:
         exp = self.exp
         epochs = epochs or exp.spec.train.epochs
         if self.out:
             self.out.mkdir(parents=True, exist_ok=True)
+            self._prepare_metrics()
             (self.out / "spec.yaml").write_text(exp.spec.to_yaml())
         limit = exp.spec.train.max_steps_per_epoch
         steps = exp.batches.steps_per_epoch() if limit is None else min(limit, exp.batches.steps_per_epoch())
@@ -177,21 +256,32 @@ class Trainer:
             t0 = time.perf_counter()
             bar = _progress(steps, f"epoch {epoch}/{epochs}", self.progress)
             loss_sum, n = 0.0, 0
+            last_line = t0
             for k, (inputs, targets, labels) in enumerate(exp.batches.train()):
                 if k >= steps:
                     break
-                loss_sum += exp.step(inputs, targets) * len(labels)
+                loss = exp.step(inputs, targets)
+                self._check_finite(loss, epoch, k + 1, steps)
+                loss_sum += loss * len(labels)
                 n += len(labels)
                 if bar is not None:
                     bar.update(1)
                     if k % 20 == 0:
                         bar.set_postfix(loss=f"{loss_sum / n:.4f}")
+                elif self.progress_every is not None and k + 1 < steps:
+                    now = time.perf_counter()
+                    if now - last_line >= self.progress_every:
+                        last_line = now
+                        print(f"epoch {epoch}/{epochs}: step {k + 1}/{steps}, train loss "
+                              f"{loss_sum / max(n, 1):.4f}, {now - t0:.1f}s", file=sys.stderr, flush=True)
             if bar is not None:
                 bar.close()
             train_seconds = time.perf_counter() - t0
             record = {"epoch": epoch, "train_loss": loss_sum / max(n, 1), **exp.evaluate(),
                       "seconds": train_seconds, "steps": steps}
             self.history.append(record)
+            for callback in self.on_epoch:
+                callback(record, epoch)
             self.log(f"epoch {epoch:3d}/{epochs}  train loss {record['train_loss']:.4f}  "
                      f"test loss {record['test_loss']:.4f}  "
                      + ("" if math.isnan(record["test_accuracy"]) else f"test acc {record['test_accuracy']:.4f}  ")
@@ -201,6 +291,19 @@ class Trainer:
                     fh.write(json.dumps(record) + "\n")
                 save_checkpoint(self.checkpoint_path(), self.state(epoch))
         return self.history
+
+
+def _resume_differences(saved: Spec, now: Spec) -> list[str]:
+    """Settings a resumed run cannot honour when they changed (everything but the epochs)."""
+    pairs = [("seed", saved.seed, now.seed),
+             ("train.algorithm", saved.train.algorithm.to_value(), now.train.algorithm.to_value()),
+             ("train.optimizer", saved.train.optimizer, now.train.optimizer),
+             ("train.reduction", saved.train.reduction, now.train.reduction),
+             ("train.max_steps_per_epoch", saved.train.max_steps_per_epoch, now.train.max_steps_per_epoch),
+             ("loss", saved.loss, now.loss)]
+    for k in ("dataset", "batch_size", "train_subset", "test_subset", "shuffle", "options"):
+        pairs.append((f"data.{k}", getattr(saved.data, k), getattr(now.data, k)))
+    return [f"{k}: checkpoint {a!r}, now {b!r}" for k, a, b in pairs if a != b]
 
 
 def _progress(total: int, desc: str, enabled: bool):
