@@ -111,6 +111,8 @@ def test_multi_source_spec_compiles_with_per_source_relays(tmp_path):
      "one activation for all sources or one per source (2), got 1"),
     (lambda t: t.replace("activation: [tanh, sigmoid]", "activation: [tanh, sigmod]"),
      "model.edges[2].activation[1]", "unknown activation 'sigmod'"),
+    (lambda t: t.replace("activation: [tanh, sigmoid]", "activation: [[tanh], sigmoid]"),
+     "model.edges[2].activation[0]", "unknown activation"),
     (lambda t: t.replace("from: [a, b], to: g", "from: [a, zz], to: g"), "model.edges[2].from[1]",
      "edge end 'zz' is not a node"),
     (lambda t: t.replace("from: [a, b], to: g", "from: [a], to: g"), "model.edges[2].from",

@@ -74,7 +74,7 @@ class Edge:
             self.sources = (self.sources,)
         if isinstance(self.activation, (list, tuple)):
             acts = tuple(self.activation)
-            if len(acts) == len(self.sources) and len(set(acts)) == 1:
+            if len(acts) == len(self.sources) and all(isinstance(a, str) for a in acts) and len(set(acts)) == 1:
                 self.activation = acts[0]
             else:
                 self.activation = acts
