@@ -184,7 +184,7 @@ def test_bad_node_names_are_located_errors(tmp_path, capsys, bad):
     assert f"{f}:6:" in err and "model.nodes[1].name" in err and "letters, digits" in err
 
 
-def test_automatic_parameter_names_that_collide_are_explained(tmp_path, capsys):
+def test_automatic_parameter_names_that_collide_get_distinct_parameters(tmp_path, capsys):
     f = tmp_path / "coll.yaml"
     f.write_text(textwrap.dedent("""\
         name: coll
@@ -203,8 +203,14 @@ def test_automatic_parameter_names_that_collide_are_explained(tmp_path, capsys):
         loss: mse
         train: {algorithm: zil}
         """))
-    err = _cli_error(capsys, ["show", str(f)])
-    assert "automatic parameter name 'a_to_b_to_c'" in err and "a->b_to_c" in err and "a_to_b->c" in err
+    from pcgraph import Spec
+    from pcgraph.train import Experiment
+
+    exp = Experiment.build(Spec.load(f), with_data=False)      # legitimate: it works
+    keys = {e.label: e.key for e in exp.compiled.edges}
+    assert keys["a->b_to_c"] == "a_to_b_to_c" and keys["a_to_b->c"] == "a_to_b_to_c~2"
+    assert exp.net.params["a_to_b_to_c"]["weight"].shape == (8, 64)        # two distinct weights
+    assert exp.net.params["a_to_b_to_c~2"]["weight"].shape == (10, 8)
 
 
 @pytest.mark.parametrize("param", ["0.5", "[a, b]"])

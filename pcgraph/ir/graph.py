@@ -95,8 +95,9 @@ class Edge:
 
     @property
     def key(self) -> str:
-        """Name of the parameter group this edge uses (shared edges share a key)."""
-        return self.param or f"{'+'.join(self.sources)}_to_{self.dst}"
+        """Name of the parameter group this edge uses (shared edges share a key): ``param``,
+        else ``<from>_to_<to>`` (``lint`` appends ``~k`` where two edges' names coincide)."""
+        return self.param or self.meta.get("auto_key") or f"{'+'.join(self.sources)}_to_{self.dst}"
 
     @property
     def label(self) -> str:
@@ -300,12 +301,15 @@ class PCGraph:
                 raise GraphError(f"self-loop on {e.dst!r} (a PC graph must be acyclic)", self._at(i))
         seen: dict[str, int] = {}
         for i, e in enumerate(self.edges):
+            e.meta.pop("auto_key", None)
             if e.param is None and e.key in seen and self.edges[seen[e.key]].label != e.label:
-                other = self.edges[seen[e.key]]
-                raise GraphError(f"edges[{seen[e.key]}] ({other.label}) and this edge ({e.label}) would both get "
-                                 f"the automatic parameter name {e.key!r} ('<from>_to_<to>'); give one of them "
-                                 "its own 'param' name (or rename a node)", self._at(i))
-            if e.param is None and e.key in seen:
+                # different edges whose automatic names '<from>_to_<to>' coincide (nodes named
+                # like 'a_to_b'): the later one gets '<name>~<k>'; '~' is in no user name
+                base, k = e.key, 2
+                while f"{base}~{k}" in seen:
+                    k += 1
+                e.meta["auto_key"] = f"{base}~{k}"
+            elif e.param is None and e.key in seen:
                 raise GraphError(f"duplicate edge {e.label} (also edges[{seen[e.key]}]); give one of them "
                                  "its own 'param' name, or route one through an intermediate node",
                                  self._at(i))
