@@ -15,15 +15,14 @@ PC program. Interleaved rounds; median, spread and ratio to torch.
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import time
 
 import torch
 from torch import nn
 
+import common  # noqa: E402  (benchmarks/common.py)
 from pcgraph import Spec
-from pcgraph.rules import make_rule
 from pcgraph.train import Experiment, make_optimizer
 
 
@@ -101,15 +100,7 @@ def main() -> None:
         topt.step()
 
     def pc_step(name):
-        net = copy.deepcopy(base.net)
-        rule = make_rule(name, net, {}, seed=spec.seed, reduction=spec.train.reduction)
-        opt = make_optimizer(spec.train.optimizer, net.parameters())
-
-        def step():
-            opt.zero_grad(set_to_none=True)
-            rule.compute_grads(inputs, targets)
-            opt.step()
-        return step
+        return common.pc_step(base, spec, name, {}, inputs, targets)
 
     methods = {m: (torch_step if m == "torch" else pc_step(m)) for m in args.methods.split(",")}
     for f in methods.values():

@@ -15,15 +15,14 @@ hits every method alike, and the median round is reported, with ratios to ``torc
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import time
 
 import torch
 from torch import nn
 
+import common  # noqa: E402  (benchmarks/common.py)
 from pcgraph import Spec
-from pcgraph.rules import make_rule
 from pcgraph.train import Experiment, make_optimizer
 
 ACT = {"tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "relu": nn.ReLU, "identity": nn.Identity,
@@ -128,15 +127,7 @@ def main() -> None:
     inputs = {inp: x}
 
     def pc_step(name, settings):
-        net = copy.deepcopy(base.net)
-        rule = make_rule(name, net, settings, seed=spec.seed, reduction=spec.train.reduction)
-        opt = make_optimizer(spec.train.optimizer, net.parameters())
-
-        def step():
-            opt.zero_grad(set_to_none=True)
-            rule.compute_grads(inputs, targets)
-            opt.step()
-        return step
+        return common.pc_step(base, spec, name, settings, inputs, targets)
 
     def torch_step_maker():
         model = torch_model(base)

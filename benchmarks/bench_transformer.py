@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import common  # noqa: E402  (benchmarks/common.py)
 from pcgraph import Spec
 from pcgraph.rules import make_rule
 from pcgraph.train import Experiment, make_optimizer
@@ -189,15 +190,7 @@ def main() -> None:
         raise SystemExit("the torch baseline's gradients are not Z-IL's")
 
     def pc_step(name, settings):
-        net = copy.deepcopy(base.net)
-        rule = make_rule(name, net, settings, seed=spec.seed, reduction=spec.train.reduction)
-        opt = make_optimizer(spec.train.optimizer, net.parameters())
-
-        def step():
-            opt.zero_grad(set_to_none=True)
-            rule.compute_grads(inputs, targets)
-            opt.step()
-        return step
+        return common.pc_step(base, spec, name, settings, inputs, targets)
 
     topt = make_optimizer(spec.train.optimizer, model.parameters())
 

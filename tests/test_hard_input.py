@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pcgraph.cli import main
-from pcgraph.errors import CheckpointError, PCGraphError, SpecError
+from pcgraph.errors import CheckpointError
 from pcgraph.spec import Spec
 
 ROOT = Path(__file__).resolve().parents[1]

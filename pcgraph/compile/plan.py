@@ -107,7 +107,6 @@ def _updates_at(update_times, t: int) -> list[int]:
 def build_full_plan(cg: CompiledGraph, update_times: list, T: int) -> InferencePlan:
     """Every prediction, error, update and value move at every step: no analysis (rules
     whose learning reads every error every step, such as Fa-Z-IL's phi)."""
-    g = cg.graph
     noninput = [v for v in cg.order if cg.role(v) != "input"]
     hidden = [v for v in cg.order if cg.role(v) == "hidden"]
     steps = []

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import torch
 
 from ..data import load_dataset
 from ..spec import AlgorithmSpec, Spec

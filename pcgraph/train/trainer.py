@@ -42,7 +42,7 @@ def resolve_device(device) -> torch.device:
     """``cpu`` or ``cuda[:N]`` (when CUDA is there); anything else is one located error."""
     try:
         dev = torch.device(device or "cpu")
-    except (RuntimeError, TypeError) as exc:
+    except (RuntimeError, TypeError):
         raise SpecError(f"unknown device {device!r} (use cpu, cuda or cuda:N)", "--device") from None
     if dev.type not in ("cpu", "cuda"):
         raise SpecError(f"device {device!r} is not supported (use cpu, cuda or cuda:N)", "--device")

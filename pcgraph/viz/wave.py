@@ -155,7 +155,7 @@ def draw_wave(data: dict, path, title: str | None = None) -> Path:
         s = data["settings"].get(name, {})
         extra = ", ".join(f"{k}={v}" for k, v in s.items())
         ax.set_title(f"{DISPLAY.get(name, name)}"
-                     + (f" ({extra})" if extra else "") + f": mean |eps| per step", fontsize=10)
+                     + (f" ({extra})" if extra else "") + ": mean |eps| per step", fontsize=10)
         ax.set_xlabel("inference step t")
         ax.set_xticks(range(0, m.shape[1], 1 if m.shape[1] <= 24 else 2))
         ax.tick_params(axis="x", labelsize=7)
