@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 from torch import nn
@@ -103,16 +102,7 @@ def main() -> None:
         return common.pc_step(base, spec, name, {}, inputs, targets)
 
     methods = {m: (torch_step if m == "torch" else pc_step(m)) for m in args.methods.split(",")}
-    for f in methods.values():
-        for _ in range(3):
-            f()
-    times: dict[str, list[float]] = {k: [] for k in methods}
-    for _ in range(args.rounds):
-        for name, f in methods.items():
-            t0 = time.perf_counter()
-            for _ in range(args.steps):
-                f()
-            times[name].append((time.perf_counter() - t0) / args.steps * 1e3)
+    times = common.time_interleaved(methods, args.rounds, args.steps)
     ref = statistics.median(times["torch"]) if "torch" in times else None
     print(f"{spec.name}: batch {batch}, cpu, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"median of {args.rounds} rounds x {args.steps} updates")

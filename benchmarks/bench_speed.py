@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 from torch import nn
@@ -148,18 +147,7 @@ def main() -> None:
             raise SystemExit(f"unknown method {m!r} (known: {', '.join(makers)})")
     methods = {m: makers[m]() for m in chosen}
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    for f in methods.values():  # warm-up
-        for _ in range(10):
-            f()
-    sync()
-    times: dict[str, list[float]] = {k: [] for k in methods}
-    for _ in range(args.rounds):
-        for name, f in methods.items():
-            t0 = time.perf_counter()
-            for _ in range(args.steps):
-                f()
-            sync()
-            times[name].append((time.perf_counter() - t0) / args.steps * 1e3)
+    times = common.time_interleaved(methods, args.rounds, args.steps, warmup=10, sync=sync)
     ref = statistics.median(next(iter(times.values())))
     print(f"{spec.name}: batch {batch}, {args.device}/{args.dtype}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, median of {args.rounds} rounds x {args.steps} updates")

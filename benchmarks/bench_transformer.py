@@ -21,7 +21,6 @@ import argparse
 import copy
 import math
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
@@ -202,18 +201,7 @@ def main() -> None:
     wanted = [m.strip() for m in args.methods.split(",") if m.strip()]
     methods = {m: (torch_step if m == "torch" else pc_step(m, {})) for m in wanted}
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    for f in methods.values():
-        for _ in range(args.warmup):
-            f()
-    sync()
-    times: dict[str, list[float]] = {k: [] for k in methods}
-    for _ in range(args.rounds):
-        for name, f in methods.items():
-            t0 = time.perf_counter()
-            for _ in range(args.steps):
-                f()
-            sync()
-            times[name].append((time.perf_counter() - t0) / args.steps * 1e3)
+    times = common.time_interleaved(methods, args.rounds, args.steps, warmup=args.warmup, sync=sync)
     ref = statistics.median(times["torch"]) if "torch" in times else None
     n_par = sum(p.numel() for p in base.net.parameters())
     print(f"{spec.name}: {n_par} parameters, batch {batch}, {args.device}/{args.dtype}, torch {torch.__version__}, "
