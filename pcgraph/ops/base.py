@@ -116,31 +116,43 @@ class Op:
     def vjp_inputs(self, params, inputs: Sequence[torch.Tensor], g: torch.Tensor,
                    wanted: Sequence[bool]) -> list[torch.Tensor | None]:
         """``(dg/du_k)^T g`` for each ``k`` with ``wanted[k]`` (None elsewhere)."""
-        return self._func_vjp(params, inputs, g, wanted, False)[0]
+        return self.vjp(params, inputs, g, wanted, False)[0]
 
     def vjp_params(self, params, inputs: Sequence[torch.Tensor], g: torch.Tensor) -> dict[str, torch.Tensor]:
         """``sum_b (dg/dtheta)^T g`` per parameter: fresh tensors (callers accumulate in place)."""
         if not params:
             return {}
-        return self._func_vjp(params, inputs, g, [False] * len(inputs), True)[1]
+        return self.vjp(params, inputs, g, [False] * len(inputs), True)[1]
 
     def vjp(self, params, inputs, g, wanted: Sequence[bool], want_params: bool):
-        """Both VJPs at once: ``(inputs' list, params' dict or None)``. Hand-written
-        overrides of ``vjp_inputs`` / ``vjp_params`` are used when present; otherwise one
-        ``torch.func.vjp`` of :meth:`forward` serves both."""
-        if not self.uses_default_vjp:
-            gin = self.vjp_inputs(params, inputs, g, wanted) if any(wanted) else [None] * len(inputs)
-            gp = self.vjp_params(params, inputs, g) if want_params else None
-            return gin, gp
-        return self._func_vjp(params, inputs, g, wanted, want_params)
+        """Both VJPs at once: ``(inputs' list, params' dict or None)``. An op overrides
+        this, or one or both of ``vjp_inputs`` / ``vjp_params`` (then each part comes from
+        its override, or from ``torch.func.vjp`` of :meth:`forward` where there is none);
+        with no override one ``torch.func.vjp`` serves both."""
+        if self.uses_default_vjp:
+            return self._func_vjp(params, inputs, g, wanted, want_params)
+        n = len(inputs)
+        cls = type(self)
+        gin: list = [None] * n
+        if any(wanted):
+            gin = self.vjp_inputs(params, inputs, g, wanted) if cls._own_vjp_inputs \
+                else self._func_vjp(params, inputs, g, wanted, False)[0]
+        gp = None
+        if want_params:
+            gp = self.vjp_params(params, inputs, g) if cls._own_vjp_params \
+                else ({} if not params else self._func_vjp(params, inputs, g, [False] * n, True)[1])
+        return gin, gp
 
-    #: True when neither VJP is written by hand (set per class in ``__init_subclass__``)
+    #: True when no VJP is written by hand (set per class in ``__init_subclass__``)
     uses_default_vjp: ClassVar[bool] = True
+    _own_vjp_inputs: ClassVar[bool] = False
+    _own_vjp_params: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
-        cls.uses_default_vjp = (cls.vjp is Op.vjp and cls.vjp_inputs is Op.vjp_inputs
-                                and cls.vjp_params is Op.vjp_params)
+        cls._own_vjp_inputs = cls.vjp_inputs is not Op.vjp_inputs
+        cls._own_vjp_params = cls.vjp_params is not Op.vjp_params
+        cls.uses_default_vjp = cls.vjp is Op.vjp and not (cls._own_vjp_inputs or cls._own_vjp_params)
 
     def linearize(self, params, inputs):
         """``(forward(params, *inputs), pullback)`` with ``pullback(g, wanted, want_params)``

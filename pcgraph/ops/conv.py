@@ -276,9 +276,3 @@ class Conv2d(WindowOp):
             if bias:
                 gp["bias"] = gb
         return [gi if want_in else None], gp
-
-    def vjp_inputs(self, params, inputs, g, wanted):
-        return self.vjp(params, inputs, g, wanted, False)[0]
-
-    def vjp_params(self, params, inputs, g):
-        return self.vjp(params, inputs, g, [False], True)[1]

@@ -78,9 +78,3 @@ class LayerNorm(Op):
             g, u, shape, mean, rstd, w, b, [bool(wanted[0]), affine, affine])
         gp = ({"weight": gw, "bias": gb} if affine else {}) if want_params else None
         return [gi if wanted[0] else None], gp
-
-    def vjp_inputs(self, params, inputs, g, wanted):
-        return self.vjp(params, inputs, g, wanted, False)[0]
-
-    def vjp_params(self, params, inputs, g):
-        return self.vjp(params, inputs, g, [False], True)[1]

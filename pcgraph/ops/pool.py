@@ -143,12 +143,6 @@ class AvgPool2d(_Pool2d):
                                                      False, o.count_include_pad, None)
         return [gin], ({} if want_params else None)
 
-    def vjp_inputs(self, params, inputs, g, wanted):
-        return self.vjp(params, inputs, g, wanted, False)[0]
-
-    def vjp_params(self, params, inputs, g):
-        return {}
-
 
 @OPS.register("max_pool2d", "maxpool2d")
 class MaxPool2d(_Pool2d):
