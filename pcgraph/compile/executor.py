@@ -86,9 +86,8 @@ def _run(kernel, plan, state, targets):
         for c in step.mu:
             mu[c] = kernel.prediction(c, vals.inputs)
         for c in step.eps:
-            split = moved.get(c)
-            if split is not None and kernel.cg.role(c) != "output" and (
-                    split[0] is mu[c] or torch.equal(split[0], mu[c])):
+            split = moved.get(c)       # (only hidden values move: never an output's)
+            if split is not None and (split[0] is mu[c] or torch.equal(split[0], mu[c])):
                 eps[c] = split[1]       # x_c = mu_c + d was formed from this same mu_c: eps_c = d exactly
             else:
                 eps[c] = kernel.error(c, vals.x.get(c), mu[c], targets.get(c))
@@ -112,13 +111,13 @@ def _run(kernel, plan, state, targets):
                         kernel.message(i, k, gin[k], vals.x[e.sources[k]], vals.f(i, k)))
         for a in step.advance:
             drive = kernel.aggregate(a.node, messages.get(a.node, []))
-            x_v, own = vals.x[a.node], (eps[a.node] if a.own_error else None)
-            new = kernel.advance(a.node, x_v, mu.get(a.node), own, drive)
-            vals.set(a.node, new)
-            moved.pop(a.node, None)
-            if kernel.exact_split and kernel.gamma == 1 and drive is not None:
-                # new = base + drive with base = x_v (own error known 0) or mu_v: keep the split
-                moved[a.node] = (x_v if own is None else mu.get(a.node), drive)
+            x_v, mu_v, own = vals.x[a.node], mu.get(a.node), (eps[a.node] if a.own_error else None)
+            vals.set(a.node, kernel.advance(a.node, x_v, mu_v, own, drive))
+            base = kernel.advanced_from(x_v, mu_v, own, drive)
+            if base is None:
+                moved.pop(a.node, None)
+            else:
+                moved[a.node] = (base, drive)
     return InferenceResult(dict(vals.x), eps, acc)
 
 

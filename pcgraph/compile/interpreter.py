@@ -25,22 +25,19 @@ def run_reference(kernel: PCKernel, update_times: list, inputs: dict, targets: d
     order, edges = cg.order, cg.edges
     role = {v: cg.role(v) for v in order}
 
-    def activated(x, i):
-        return [kernel.f(i, k, x[s]) for k, s in enumerate(edges[i].sources)]
-
     x: dict[str, torch.Tensor] = {}
     for v in order:
         if role[v] == "input":
             x[v] = inputs[v]
         elif role[v] != "output":       # hidden, and derived nodes (constant: never move)
-            x[v] = start[v] if start is not None else kernel.prediction(v, lambda i: activated(x, i))
+            x[v] = start[v] if start is not None else kernel.prediction(v, lambda i: kernel.inputs(i, x))
     if init_noise and start is None:
         kernel.perturb(x, init_noise, generator)
 
     acc: dict = {}
     eps: dict[str, torch.Tensor] = {}
     for t in range(T + 1):
-        mu = {c: kernel.prediction(c, lambda i: activated(x, i)) for c in order if role[c] != "input"}
+        mu = {c: kernel.prediction(c, lambda i: kernel.inputs(i, x)) for c in order if role[c] != "input"}
         eps = {c: kernel.error(c, x.get(c), mu[c], targets.get(c)) for c in mu}
         kernel.observe(t, eps, list(eps))
         for i, te in enumerate(update_times):
@@ -48,7 +45,7 @@ def run_reference(kernel: PCKernel, update_times: list, inputs: dict, targets: d
                 signal = kernel.learn_signal(i, t, eps[edges[i].dst])
                 if signal is not None:
                     n = len(edges[i].sources)
-                    grads = kernel.edge_vjp(i, activated(x, i), signal, [False] * n, True)[1]
+                    grads = kernel.edge_vjp(i, kernel.inputs(i, x), signal, [False] * n, True)[1]
                     kernel.accumulate(acc, edges[i].key, grads)
         if t == T:
             break
@@ -59,7 +56,7 @@ def run_reference(kernel: PCKernel, update_times: list, inputs: dict, targets: d
             messages = []
             for i, k in cg.out_edges(v):
                 wanted = [j == k for j in range(len(edges[i].sources))]
-                g = kernel.edge_vjp(i, activated(x, i), eps[edges[i].dst], wanted, False)[0][k]
+                g = kernel.edge_vjp(i, kernel.inputs(i, x), eps[edges[i].dst], wanted, False)[0][k]
                 u = kernel.f(i, k, x[v])
                 messages.append(kernel.message(i, k, g, x[v], u))
             new_x[v] = kernel.advance(v, x[v], mu[v], eps[v], kernel.aggregate(v, messages))

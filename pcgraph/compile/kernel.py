@@ -54,25 +54,24 @@ class PCKernel:
     def f(self, i: int, k: int, x: Tensor) -> Tensor:
         return self.cg.acts[i][k].f(x)
 
-    def df(self, i: int, k: int, x: Tensor, fx: Tensor) -> Tensor:
-        return self.cg.acts[i][k].df(x, fx)
+    def inputs(self, i: int, x: dict[str, Tensor]) -> list[Tensor]:
+        """Edge ``i``'s activated sources ``[f_k(x_pk)]`` from the values ``x`` (uncached)."""
+        return [self.f(i, k, x[s]) for k, s in enumerate(self.cg.edges[i].sources)]
 
     # ---- quantities ------------------------------------------------------------------
     def prediction(self, c: str, inputs_of: Callable[[int], Sequence[Tensor]]) -> Tensor:
         """``mu_c``; ``inputs_of(i)`` gives edge ``i``'s activated sources ``[f_k(x_pk)]``."""
-        if self.memo is None:
-            return self.net.predict(c, inputs_of)
-        mu = None
-        for i in self.cg.in_edges(c):
-            us = inputs_of(i)
-            op = self.cg.ops[i]
-            if op.uses_default_vjp:
-                term, pullback = op.linearize(self.net.edge_params(i), us)
-                self.memo[i] = (us, pullback)
-            else:
-                term = op.forward(self.net.edge_params(i), *us)
-            mu = term if mu is None else mu + term
-        return mu
+        return self.net.predict(c, inputs_of, None if self.memo is None else self._linearized)
+
+    def _linearized(self, i: int, us: Sequence[Tensor]) -> Tensor:
+        """Edge ``i``'s term, keeping its pullback in ``memo`` when the op has no
+        hand-written VJP (the VJP at the wave then reuses this forward)."""
+        op = self.cg.ops[i]
+        if not op.uses_default_vjp:
+            return op.forward(self.net.edge_params(i), *us)
+        term, pullback = op.linearize(self.net.edge_params(i), us)
+        self.memo[i] = (us, pullback)
+        return term
 
     def error(self, c: str, x_c: Tensor | None, mu_c: Tensor, target: Tensor | None) -> Tensor:
         if self.cg.role(c) == "output" and target is not None:   # clamped; a free output relaxes
@@ -110,6 +109,16 @@ class PCKernel:
         if self.gamma == 1:
             return mu_v if drive is None else mu_v + drive
         return x_v + self.gamma * ((drive if drive is not None else 0) - eps_v)
+
+    def advanced_from(self, x_v: Tensor, mu_v: Tensor | None, eps_v: Tensor | None,
+                      drive: Tensor | None) -> Tensor | None:
+        """The tensor ``b`` for which :meth:`advance` returned exactly ``b + drive`` (``x_v``
+        or ``mu_v`` when ``gamma = 1``), or None; with it the executor evaluates the next
+        ``eps_v = x_v - mu_v`` as ``drive`` when ``b`` is still ``mu_v`` (see
+        ``exact_split``)."""
+        if not self.exact_split or self.gamma != 1 or drive is None:
+            return None
+        return x_v if eps_v is None else mu_v
 
     # ---- learning hooks --------------------------------------------------------------
     def observe(self, t: int, eps: dict[str, Tensor], computed: Sequence[str]) -> None:

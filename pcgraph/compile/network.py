@@ -53,11 +53,14 @@ class PCNetwork(nn.Module):
         """``op_e(u_1, .., u_n)`` of edge ``i`` (``u_k = f_k(x_{p_k})``)."""
         return self.compiled.ops[i].forward(self._edge_params[i], *us)
 
-    def predict(self, c: str, inputs_of: Callable[[int], Sequence[torch.Tensor]]) -> torch.Tensor:
-        """``mu_c = sum_e op_e(..)``; ``inputs_of(i)`` returns edge ``i``'s activated sources."""
+    def predict(self, c: str, inputs_of: Callable[[int], Sequence[torch.Tensor]],
+                contribution: Callable | None = None) -> torch.Tensor:
+        """``mu_c = sum_e op_e(..)``; ``inputs_of(i)`` returns edge ``i``'s activated sources;
+        ``contribution(i, us)`` computes one term (default :meth:`contribution`)."""
+        contribution = contribution or self.contribution
         mu = None
         for i in self.compiled.in_edges(c):
-            term = self.contribution(i, inputs_of(i))
+            term = contribution(i, inputs_of(i))
             mu = term if mu is None else mu + term
         return mu
 

@@ -125,7 +125,6 @@ class _Pool2d(Op):
                                     describe_geometry(opts.k, opts.s, opts.p, dil), channels=in_shapes[0][0])
 
 
-
 @OPS.register("avg_pool2d", "avgpool2d")
 class AvgPool2d(_Pool2d):
     name = "avg_pool2d"

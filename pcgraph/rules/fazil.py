@@ -203,7 +203,7 @@ class FullyAutonomousZIL(LearningRule):
         shapes = {v: (batch, *cg.graph.nodes[v].shape) for v in free}
 
         def activated(i):
-            return [k.f(i, j, x[s]) for j, s in enumerate(edges[i].sources)]
+            return k.inputs(i, x)
 
         # 1. prediction phase: output free, each value relaxes to its own prediction
         k.begin("predict", shapes)
