@@ -116,7 +116,7 @@ class TriggeredKernel(PCKernel):
             self.expected = {v: torch.zeros(shapes[v], device=dev, dtype=torch.bool) for v in self.learners}
             self.right = {v: torch.zeros(shapes[v], device=dev, dtype=torch.bool) for v in self.learners}
             self.wrong = {v: torch.zeros(shapes[v], device=dev, dtype=torch.bool) for v in self.learners}
-            self.n_false = 0
+            self.n_false = torch.zeros((), device=dev, dtype=torch.long)   # summed on the device
 
     def observe(self, t, eps, computed):
         cg, learning = self.cg, self.phase == "learn"
@@ -145,7 +145,7 @@ class TriggeredKernel(PCKernel):
             else:
                 bad = fire & nonzero
                 self.wrong[v] |= bad
-                self.n_false += int(bad.sum())
+                self.n_false += bad.sum()
             if bool(fire.any()):
                 self.gate[v] = fire
 
@@ -162,7 +162,7 @@ class TriggeredKernel(PCKernel):
             st.expected += int(exp.sum())
             st.detected += int((exp & self.right[v] & ~wrong).sum())
             st.judged += int((exp | wrong).sum())
-        st.false_fires += self.n_false
+        st.false_fires += int(self.n_false)
 
 
 @RULES.register("fazil", "fa-z-il")
