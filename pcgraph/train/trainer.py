@@ -119,9 +119,9 @@ class Experiment:
         """
         batches = self.batches
         total, correct, loss_sum = 0, {o: 0 for o in self.compiled.graph.outputs}, 0.0
+        objective = self.rule.objective
         for inputs, targets, labels in batches.test():
             outs = self.net(inputs)
-            objective = self.rule.objective
             loss_sum += objective.per_sample(float(objective.value(outs, targets)), len(labels)) * len(labels)
             if not batches.regression:
                 per_output = batches.output_labels(labels)
@@ -200,8 +200,9 @@ class Trainer:
             named += [(f"rule.{n}", p) for n, p in self.exp.rule.named_parameters()] \
                 if isinstance(self.exp.rule, torch.nn.Module) else []
             tensors = [p for _, p in named] + [p.grad for _, p in named if p.grad is not None]
-            if tensors and not bool(torch.stack([t.detach().abs().amax() if t.numel() else
-                                                 t.new_zeros(()) for t in tensors]).isfinite().all()):
+            # one host sync per step: min and max of every tensor (NaN and +-inf show there)
+            extremes = [m for t in tensors if t.numel() for m in torch.aminmax(t.detach())]
+            if extremes and not bool(torch.stack(extremes).isfinite().all()):
                 for n, p in named:
                     if p.grad is not None and not bool(p.grad.isfinite().all()):
                         what = f"the gradient of parameter '{n}' is not finite"
