@@ -35,7 +35,7 @@ dataset whose labels have a time axis). Other edges of the spec may read any unr
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from ..errors import SpecError
@@ -71,7 +71,6 @@ class Unroll:
     input_activation: str = "identity"
     bias: bool = False
     readout: dict | None = None
-    parsed_readout: Readout | None = field(default=None, compare=False, repr=False)
 
     def check(self, where: str) -> None:
         if not self.name:
@@ -83,15 +82,19 @@ class Unroll:
         if not self.shape or any(s <= 0 for s in self.shape):
             raise SpecError("an unrolled cell needs 'shape' (the hidden state's shape)", f"{where}.shape")
         if self.readout is not None:
-            self.parsed_readout = parse_dataclass(Readout, self.readout, f"{where}.readout", "a readout")
-            steps = self.parsed_readout.steps
+            steps = self.parsed_readout(where).steps
             if isinstance(steps, tuple) and any(not 1 <= k <= self.steps for k in steps):
                 raise SpecError(f"readout steps must lie in 1..{self.steps}, got {list(steps)}",
                                 f"{where}.readout.steps")
 
+    def parsed_readout(self, where: str) -> Readout | None:
+        """``readout`` as a checked :class:`Readout` (None when there is none)."""
+        if self.readout is None:
+            return None
+        return parse_dataclass(Readout, self.readout, f"{where}.readout", "a readout")
+
     def to_dict(self) -> dict:
         d = {"name": self.name, "steps": self.steps, "input": self.input, **to_mapping(self)}
-        d.pop("parsed_readout", None)
         d["shape"] = list(self.shape)
         return d
 
@@ -157,7 +160,7 @@ def expand(graph: PCGraph, u: Unroll, where: str) -> None:
                 edge([z, prev], h, "mul", ["sigmoid", "identity"])
         hs.append(h)
 
-    ro = u.parsed_readout
+    ro = u.parsed_readout(where)
     if ro is not None:
         steps = [u.steps] if ro.steps == "last" else list(range(1, u.steps + 1)) if ro.steps == "all" \
             else list(ro.steps)
