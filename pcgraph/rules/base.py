@@ -64,6 +64,10 @@ class LearningRule(nn.Module):
     def describe(self) -> str:
         return f"rule {self.name}: {self.settings}"
 
+    def start_epoch(self, epoch: int) -> None:
+        """Called by the trainer before epoch ``epoch`` (1-based), e.g. for schedules that
+        alternate between losses by epoch."""
+
     # ---- parameters the rule owns ------------------------------------------------------
     def optimizer_config(self) -> dict | None:
         """None: the rule's trainable parameters join the spec's optimizer (as a second

@@ -65,6 +65,8 @@ class Experiment:
     batches: GraphBatches | None
     #: the rule's own optimizer, when it asks for one (else its parameters join ``optimizer``)
     rule_optimizer: torch.optim.Optimizer | None = None
+    #: data parallel across processes (a ``pcgraph.train.distributed.DataParallel``; None: one process)
+    dist: object | None = None
 
     @classmethod
     def build(cls, spec: Spec, device="cpu", dtype="float32", with_data: bool = True,
@@ -102,6 +104,8 @@ class Experiment:
 
     def step(self, inputs, targets) -> float:
         """One update; returns the batch's loss per sample (whatever the reduction)."""
+        if self.dist is not None:       # this rank's share; gradients summed over the ranks
+            return self.dist.step(self, inputs, targets)
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
         info = self.rule.compute_grads(inputs, targets)
@@ -128,6 +132,9 @@ class Experiment:
                 for o, mu in outs.items():
                     correct[o] += int((mu.reshape(len(labels), -1).argmax(1) == per_output[o]).sum())
             total += len(labels)
+        if self.dist is not None:       # every rank scored its share of the test set
+            loss_sum, total, *counts = self.dist.sum([loss_sum, total, *correct.values()])
+            total, correct = int(round(total)), {o: int(round(c)) for o, c in zip(correct, counts)}
         if batches.regression:
             return {"test_loss": loss_sum / total, "test_accuracy": float("nan")}
         acc = {o: c / total for o, c in correct.items()}
@@ -148,6 +155,11 @@ class Trainer:
     progress_every: float | None = None
     #: called with every epoch's record (e.g. a TensorBoard logger's ``log(record, epoch)``)
     on_epoch: list = field(default_factory=list)
+
+    @property
+    def _writes(self) -> bool:
+        """Whether this process writes files (data parallel: rank 0 only)."""
+        return self.exp.dist is None or self.exp.dist.rank == 0
 
     def checkpoint_path(self) -> Path | None:
         return self.out / "checkpoint.pt" if self.out else None
@@ -247,13 +259,14 @@ class Trainer:
     def fit(self, epochs: int | None = None) -> list[dict]:
         exp = self.exp
         epochs = epochs or exp.spec.train.epochs
-        if self.out:
+        if self.out and self._writes:
             self.out.mkdir(parents=True, exist_ok=True)
             self._prepare_metrics()
             (self.out / "spec.yaml").write_text(exp.spec.to_yaml())
         limit = exp.spec.train.max_steps_per_epoch
         steps = exp.batches.steps_per_epoch() if limit is None else min(limit, exp.batches.steps_per_epoch())
         for epoch in range(self.start_epoch + 1, epochs + 1):
+            exp.rule.start_epoch(epoch)
             t0 = time.perf_counter()
             bar = _progress(steps, f"epoch {epoch}/{epochs}", self.progress)
             loss_sum, n = 0.0, 0
@@ -263,8 +276,9 @@ class Trainer:
                     break
                 loss = exp.step(inputs, targets)
                 self._check_finite(loss, epoch, k + 1, steps)
-                loss_sum += loss * len(labels)
-                n += len(labels)
+                size = len(labels) if exp.dist is None else exp.dist.last_batch   # the global batch
+                loss_sum += loss * size
+                n += size
                 if bar is not None:
                     bar.update(1)
                     if k % 20 == 0:
@@ -287,7 +301,7 @@ class Trainer:
                      f"test loss {record['test_loss']:.4f}  "
                      + ("" if math.isnan(record["test_accuracy"]) else f"test acc {record['test_accuracy']:.4f}  ")
                      + f"{train_seconds:.2f}s")
-            if self.out:
+            if self.out and self._writes:
                 with open(self.out / "metrics.jsonl", "a") as fh:
                     fh.write(json.dumps(record) + "\n")
                 save_checkpoint(self.checkpoint_path(), self.state(epoch))
