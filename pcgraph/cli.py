@@ -24,6 +24,8 @@ EPILOG = """examples:
   pcgraph viz graphs/residual_mlp.yaml -o residual.png
   pcgraph wave graphs/quickstart.yaml -o wave.png
   pcgraph plot runs/a runs/b -o curves.png
+  pcgraph import model.py:Net --input-shape 1,28,28 -o net.yaml   (then: pcgraph run net.yaml --init net.pt)
+  pcgraph bench graphs/mnist_mlp_wide.yaml --algorithms torch,bp,zil --json bench.json
 
 data: MNIST/FashionMNIST are read from data.root or $PCGRAPH_DATA (torchvision's layout)
 when set, else downloaded by torchvision."""
@@ -31,7 +33,8 @@ when set, else downloaded by torchvision."""
 
 def _spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", help="YAML spec file")
-    p.add_argument("--algorithm", metavar="NAME", help="learning rule (sets train.algorithm.name): bp, il, zil")
+    p.add_argument("--algorithm", metavar="NAME", help="learning rule or a label of the spec's train.presets: bp, il, zil, fazil, fa, dfa, tp, "
+                        "dtp, sdtp, ao_sdtp (a preset sets the rule's settings and optimizer)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a dotted spec path, e.g. train.algorithm.gamma=0.5 or "
                         "model.edges[0].activation=tanh (repeatable)")
@@ -58,8 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dtype", default="float32", help="float32 (default) or float64")
     run.add_argument("--out", metavar="DIR", help="output folder (default runs/<spec name>)")
     run.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
+    run.add_argument("--init", metavar="WEIGHTS.pt", help="start from these weights (written by pcgraph import, "
+                                                          "or a run's checkpoint.pt) instead of the seed's")
     run.add_argument("--tensorboard", action="store_true",
                      help="also log each epoch's metrics to DIR/tensorboard (needs the tensorboard package)")
+    run.add_argument("--nproc", type=int, metavar="N",
+                     help="data parallel: train in N local processes (torch.distributed: gloo on CPU, "
+                          "NCCL on CUDA, one GPU each), each global batch split among them; the same as "
+                          "torchrun --standalone --nproc-per-node N -m pcgraph run SPEC")
     run.add_argument("--no-progress", action="store_true",
                      help="no progress bar (or, when stderr is not a terminal, no progress line every 30 s)")
 
@@ -95,9 +104,41 @@ def build_parser() -> argparse.ArgumentParser:
                                       "relays, update steps) and the rule's inference plan.")
     _spec_args(show)
 
+    bench = sub.add_parser(
+        "bench", help="milliseconds per update of rules beside a plain torch model, side by side",
+        description="Time one training update (zero_grad, gradients, optimizer step) of each method on real "
+                    "batches of the spec's dataset, in a shuffled order every round; print ms, the median "
+                    "paired ratio to torch with its IQR, peak memory, the machine and the thread count. "
+                    "Methods: torch (the spec as a plain nn.Module), torch_nn (torch's layers: nn.Sequential / "
+                    "nn.RNN), any rule (bp, zil, fazil, il, ...); NAME@foreach|@fused|@forloop picks the "
+                    "optimizer's implementation, NAME@compile uses torch.compile.")
+    bench.add_argument("spec", help="YAML spec file")
+    bench.add_argument("--algorithms", default="torch,bp,zil,fazil,il", metavar="LIST",
+                       help="comma-separated methods (default torch,bp,zil,fazil,il), e.g. torch,zil,torch@fused")
+    bench.add_argument("--batch", type=int, metavar="N", help="batch size (default the spec's data.batch_size)")
+    bench.add_argument("--rounds", type=int, default=10, metavar="R", help="interleaved rounds (default 10)")
+    bench.add_argument("--steps", type=int, metavar="K",
+                       help="updates per method and round (default: about 150 ms of torch)")
+    bench.add_argument("--warmup", type=int, default=5, metavar="K", help="warm-up updates per method (default 5)")
+    bench.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1 ... (default cpu)")
+    bench.add_argument("--dtype", default="float32", help="float32 (default) or float64")
+    bench.add_argument("--threads", type=int, default=1, metavar="N", help="torch.set_num_threads (default 1)")
+    bench.add_argument("--compile", action="store_true",
+                       help="also time torch@compile and bp@compile (torch.compile); a failure is reported")
+    bench.add_argument("--il-T", dest="il_T", type=int, default=20, metavar="T",
+                       help="inference steps of il when the spec does not set them (default 20)")
+    bench.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    bench.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    bench.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a dotted spec path, e.g. train.optimizer.lr=0.01 (repeatable)")
+    bench.add_argument("--seed", type=int, help="override the spec's seed")
+
     from .viz.cli import add_parsers   # viz, wave, plot
 
     add_parsers(sub)
+    from .importer.cli import add_parser as add_import_parser   # import
+
+    add_import_parser(sub)
     return parser
 
 
@@ -105,13 +146,11 @@ def load_spec(args):
     from .spec import Spec
 
     sets = list(args.sets)
-    if args.algorithm:
-        sets.append(f"train.algorithm.name={args.algorithm}")
     if args.seed is not None:
         sets.append(f"seed={args.seed}")
     if getattr(args, "epochs", None) is not None:
         sets.append(f"train.epochs={args.epochs}")
-    return Spec.load(args.spec, overrides=sets)
+    return Spec.load(args.spec, overrides=sets, algorithm=args.algorithm or None)
 
 
 def _out_dir(path) -> Path:
@@ -130,30 +169,68 @@ def default_out(name: str) -> Path:
     return Path("runs") / safe
 
 
+def _without_nproc(argv: list[str]) -> list[str]:
+    """The command line minus ``--nproc N`` (what each of the N processes runs)."""
+    out, skip = [], False
+    for tok in argv:
+        if skip:
+            skip = False
+        elif tok.split("=")[0] in ("--np", "--npr", "--npro", "--nproc"):
+            skip = "=" not in tok
+        else:
+            out.append(tok)
+    return out
+
+
 def cmd_run(args) -> int:
     from .train import Experiment, Trainer
+    from .train.distributed import DataParallel, launch_local, under_launcher
 
     spec = load_spec(args)
     out = _out_dir(args.out) if args.out else _out_dir(default_out(spec.name))
-    exp = Experiment.build(spec, args.device, args.dtype)
-    tty = sys.stderr.isatty()
-    # a terminal gets a progress bar; a log file a progress line every 30 s during an epoch
-    trainer = Trainer(exp, out, progress=not args.no_progress and tty,
-                      progress_every=None if args.no_progress or tty else 30.0)
-    if args.tensorboard:
-        from .viz import TensorBoardLogger
+    if args.nproc is not None:      # data parallel: start the processes (each runs this without --nproc)
+        from .errors import SpecError
 
-        trainer.on_epoch.append(TensorBoardLogger(out / "tensorboard", prefix=spec.name).log)
-    if args.resume:
-        trainer.resume()
-    print(f"{spec.name}: {exp.rule.name} on {spec.data.dataset}, {sum(p.numel() for p in exp.net.parameters())} "
-          f"parameters, {exp.batches.steps_per_epoch()} steps/epoch, {args.device}/{args.dtype}, out {out}")
-    history = trainer.fit()
-    final = history[-1] if history else exp.evaluate()
+        if args.nproc < 1:
+            raise SpecError(f"expected at least 1 process, got {args.nproc}", "--nproc")
+        if under_launcher():
+            raise SpecError("this process was started by torchrun: leave --nproc out", "--nproc")
+        if args.nproc > 1:
+            Experiment.build(spec, args.device, args.dtype, with_data=False)   # a bad spec: one message
+            return launch_local(args.nproc, _without_nproc(getattr(args, "argv", sys.argv[1:])))
+    dp = DataParallel.from_env(args.device) if under_launcher() else None
+    try:
+        exp = Experiment.build(spec, dp.device if dp else args.device, args.dtype)
+        if args.init:
+            from .importer import load_weights
+
+            load_weights(exp.net, args.init)
+        if dp is not None:
+            dp.attach(exp)
+        main = dp is None or dp.is_main          # only rank 0 prints and writes
+        say = print if main else (lambda *a, **k: None)
+        tty = sys.stderr.isatty()
+        # a terminal gets a progress bar; a log file a progress line every 30 s during an epoch
+        trainer = Trainer(exp, out, progress=main and not args.no_progress and tty, log=say,
+                          progress_every=None if not main or args.no_progress or tty else 30.0)
+        if args.tensorboard and main:
+            from .viz import TensorBoardLogger
+
+            trainer.on_epoch.append(TensorBoardLogger(out / "tensorboard", prefix=spec.name).log)
+        if args.resume:
+            trainer.resume()
+        say(f"{spec.name}: {exp.rule.name} on {spec.data.dataset}, {sum(p.numel() for p in exp.net.parameters())} "
+            f"parameters, {exp.batches.steps_per_epoch()} steps/epoch, {args.device}/{args.dtype}, out {out}"
+            + (f", data parallel over {dp.world} processes" if dp else ""))
+        history = trainer.fit()
+        final = history[-1] if history else exp.evaluate()
+    finally:
+        if dp is not None:
+            dp.close()
     if final["test_accuracy"] != final["test_accuracy"]:     # NaN: a regression task
-        print(f"final test loss: {final['test_loss']:.4f}")
+        say(f"final test loss: {final['test_loss']:.4f}")
     else:
-        print(f"final test accuracy: {final['test_accuracy']:.4f}")
+        say(f"final test accuracy: {final['test_accuracy']:.4f}")
     return 0
 
 
@@ -204,9 +281,32 @@ def cmd_show(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from .bench import BenchConfig, run_bench
+
+    args.algorithm = None
+    spec = load_spec(args)
+    if args.json:
+        out = Path(args.json)
+        if out.is_dir() or not out.parent.is_dir():
+            from .errors import SpecError
+
+            raise SpecError(f"cannot write {out}: {'a folder' if out.is_dir() else 'no such folder'}", "--json")
+    cfg = BenchConfig(algorithms=args.algorithms, batch=args.batch, rounds=args.rounds, steps=args.steps,
+                      warmup=args.warmup, device=args.device, dtype=args.dtype, compile=args.compile,
+                      il_T=args.il_T, memory=not args.no_memory)
+    report = run_bench(spec, cfg, log=lambda line: print(line, file=sys.stderr))
+    print(report.format())
+    if args.json:
+        report.write_json(args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)     # forwarded by run --nproc
     if not args.verb:
         parser.print_help()
         return 2
@@ -221,10 +321,16 @@ def main(argv: list[str] | None = None) -> int:
         from .viz.cli import COMMANDS
 
         torch.set_num_threads(threads)
-        verbs = {"run": cmd_run, "check": cmd_check, "ablate": cmd_ablate, "show": cmd_show, **COMMANDS}
+        verbs = {"run": cmd_run, "check": cmd_check, "ablate": cmd_ablate, "show": cmd_show, "bench": cmd_bench, **COMMANDS}
+        if args.verb == "import":
+            from .importer.cli import cmd_import
+
+            verbs["import"] = cmd_import
         return verbs[args.verb](args)
     except PCGraphError as err:
-        print(f"pcgraph {args.verb}: error: {err}", file=sys.stderr)
+        from .train.distributed import report_error   # data parallel: rank 0 reports (once)
+
+        report_error(f"pcgraph {args.verb}: error: {err}")
         return 3 if isinstance(err, TrainingError) else 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

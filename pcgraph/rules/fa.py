@@ -2,7 +2,7 @@
 
 Every edge sends its error back through fixed random weights instead of its own: the
 message of edge ``e`` to source ``k`` is ``f_k'(x) * (d op_e(.; B_e) / d u_k)^T eps_c``,
-the same op's input VJP with each weight tensor (every parameter with two or more axes)
+the same op's input VJP with each weight tensor (every parameter but ``bias`` with two or more axes)
 replaced by a fixed random tensor ``B_e`` of the same shape. A linear edge then sends
 ``eps_c B_e`` in place of ``eps_c W_e``; a conv / locally-connected edge a transposed
 convolution with a random kernel of the kernel's shape. Biases and other one-axis
@@ -84,7 +84,7 @@ class FeedbackAlignment(ZeroDivergenceIL):
         for key, idxs in cg.param_edges.items():
             op = cg.ops[idxs[0]]
             fresh = op.init_params(gen, net.dtype, torch.device("cpu"))
-            names = [n for n, p in net.params[key].items() if p.dim() >= 2]
+            names = [n for n, p in net.params[key].items() if n != "bias" and p.dim() >= 2]
             for n in names:
                 self.register_buffer(_buffer_name(key, n),
                                      (fresh[n] * self.settings.feedback_scale).to(net.device))

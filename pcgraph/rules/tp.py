@@ -172,7 +172,7 @@ class TargetPropagation(LearningRule):
         return layers[::-1]
 
     def weight_names(self, layer: Layer) -> list[str]:
-        return [n for n, p in self.net.params[layer.key].items() if p.dim() >= 2]
+        return [n for n, p in self.net.params[layer.key].items() if n != "bias" and p.dim() >= 2]
 
     def inverse_layers(self) -> list[Layer]:
         """The layers whose inverse sends a target down (layer 1's target goes nowhere)."""

@@ -114,8 +114,11 @@ class TrainSpec:
     optimizer: dict = field(default_factory=lambda: {"name": "sgd", "lr": 0.01})
     max_steps_per_epoch: int | None = None
     reduction: str = "mean"
+    #: named settings for other algorithms: ``label -> {algorithm: .., optimizer: ..}``
+    #: (``--algorithm LABEL`` selects one; see :func:`select_algorithm`)
+    presets: dict = field(default_factory=dict)
 
-    KEYS = ("algorithm", "epochs", "optimizer", "reduction", "max_steps_per_epoch")
+    KEYS = ("algorithm", "epochs", "optimizer", "reduction", "max_steps_per_epoch", "presets")
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "TrainSpec":
@@ -124,12 +127,19 @@ class TrainSpec:
         alg = AlgorithmSpec.from_value(d.get("algorithm", "bp"))
         epochs = _typed(d.get("epochs", 1), (int,), "train.epochs", "a positive integer", positive=True)
         check_steps(epochs, "train.epochs")
-        opt = d.get("optimizer", {"name": "sgd", "lr": 0.01})
-        if isinstance(opt, str):
-            opt = {"name": opt}
-        if not isinstance(opt, dict) or "name" not in opt:
-            raise SpecError(f"expected an optimizer name or {{name: sgd, lr: 0.01}}, got {opt!r}",
-                            "train.optimizer")
+        opt = _optimizer(d.get("optimizer", {"name": "sgd", "lr": 0.01}), "train.optimizer")
+        presets = d.get("presets") or {}
+        if not isinstance(presets, dict):
+            raise SpecError(f"expected a mapping from labels to {{algorithm: .., optimizer: ..}}, got {presets!r}",
+                            "train.presets")
+        for label, p in presets.items():
+            where = f"train.presets.{label}"
+            if not isinstance(p, dict):
+                raise SpecError(f"expected {{algorithm: .., optimizer: ..}}, got {p!r}", where)
+            _check_keys(p, ("algorithm", "optimizer"), where)
+            AlgorithmSpec.from_value(p.get("algorithm", label))
+            if "optimizer" in p:
+                _optimizer(p["optimizer"], f"{where}.optimizer")
         msteps = d.get("max_steps_per_epoch")
         if msteps is not None:
             _typed(msteps, (int,), "train.max_steps_per_epoch", "a positive integer", positive=True)
@@ -137,7 +147,7 @@ class TrainSpec:
         reduction = d.get("reduction", "mean")
         if reduction not in ("mean", "sum"):
             raise SpecError(f"unknown reduction {reduction!r} (known: mean, sum)", "train.reduction")
-        return cls(alg, epochs, dict(opt), msteps, reduction)
+        return cls(alg, epochs, dict(opt), msteps, reduction, copy.deepcopy(dict(presets)))
 
     def to_dict(self) -> dict:
         d = {"algorithm": self.algorithm.to_value(), "epochs": self.epochs, "optimizer": dict(self.optimizer)}
@@ -145,7 +155,42 @@ class TrainSpec:
             d["reduction"] = self.reduction
         if self.max_steps_per_epoch is not None:
             d["max_steps_per_epoch"] = self.max_steps_per_epoch
+        if self.presets:
+            d["presets"] = copy.deepcopy(self.presets)
         return d
+
+
+def _optimizer(opt, where: str) -> dict:
+    if isinstance(opt, str):
+        opt = {"name": opt}
+    if not isinstance(opt, dict) or "name" not in opt:
+        raise SpecError(f"expected an optimizer name or {{name: sgd, lr: 0.01}}, got {opt!r}", where)
+    return opt
+
+
+def select_algorithm(data: dict | None, label: str) -> dict:
+    """The spec mapping ``data`` trained by ``label``: a preset's algorithm and optimizer
+    when ``train.presets`` has ``label``; else the rule ``label`` with the spec's settings
+    when it already names that rule, or with its defaults when it names another (settings
+    of one rule mean nothing to another)."""
+    data = copy.deepcopy(data) if data is not None else {}
+    train = data.get("train")
+    if not isinstance(train, dict):
+        train = data["train"] = {} if train is None else train
+    if not isinstance(train, dict):
+        return data           # reported by the validation
+    presets = train.get("presets")
+    if isinstance(presets, dict) and isinstance(presets.get(label), dict):
+        preset = presets[label]
+        train["algorithm"] = copy.deepcopy(preset.get("algorithm", label))
+        if "optimizer" in preset:
+            train["optimizer"] = copy.deepcopy(preset["optimizer"])
+        return data
+    current = train.get("algorithm", "bp")
+    name = current.get("name") if isinstance(current, dict) else current
+    if name != label:
+        train["algorithm"] = label
+    return data
 
 
 @dataclass
@@ -309,23 +354,28 @@ class Spec:
         return spec.validate()
 
     @classmethod
-    def from_yaml(cls, text: str, filename: str = "<string>", overrides: list[str] | None = None) -> "Spec":
+    def from_yaml(cls, text: str, filename: str = "<string>", overrides: list[str] | None = None,
+                  algorithm: str | None = None) -> "Spec":
+        """``algorithm``: train with this rule or preset (:func:`select_algorithm`), before
+        the ``overrides`` apply."""
         data, locs = load_yaml(text, filename)
         if data is None and not overrides:
             raise SpecError("the spec is empty (it needs at least 'model' with nodes and edges)", None, filename)
+        if algorithm is not None:
+            data = select_algorithm(data, algorithm)
         if overrides:
             data = apply_overrides(data, overrides)
         return cls.from_dict(data, filename, locs)
 
     @classmethod
-    def load(cls, path: str | Path, overrides: list[str] | None = None) -> "Spec":
+    def load(cls, path: str | Path, overrides: list[str] | None = None, algorithm: str | None = None) -> "Spec":
         path = Path(path)
         try:
             raw = path.read_bytes()
         except OSError as exc:
             raise SpecError(f"cannot read the spec: {exc.strerror}", None, str(path)) from None
         text = decode_spec(raw, str(path))
-        return cls.from_yaml(text, str(path), overrides)
+        return cls.from_yaml(text, str(path), overrides, algorithm)
 
     def to_dict(self) -> dict:
         d: dict[str, Any] = {"name": self.name, "seed": self.seed}
