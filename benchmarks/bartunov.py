@@ -32,7 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pcgraph import Experiment, Spec, Trainer  # noqa: E402
+from pcgraph import Experiment, Spec, Trainer
 
 NETS = {"mnist_fc": ROOT / "graphs/bartunov_mnist_fc.yaml", "mnist_lc": ROOT / "graphs/bartunov_mnist_lc.yaml",
         "cifar_fc": ROOT / "graphs/bartunov_cifar_fc.yaml", "cifar_lc": ROOT / "graphs/bartunov_cifar_lc.yaml"}

@@ -14,16 +14,18 @@ from __future__ import annotations
 import copy
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
+from helpers import grads, graph_spec, mlp_spec, network, random_batch, rel_diff
 
 from pcgraph import Experiment, Spec, Trainer
 from pcgraph.errors import SpecError
 from pcgraph.rules import make_rule
 from pcgraph.spec.schema import select_algorithm
-from helpers import graph_spec, grads, mlp_spec, network, random_batch, rel_diff
 
+GRAPHS = Path(__file__).resolve().parents[1] / "graphs"
 
 
 def tanh_mlp(hidden=(7, 6, 5), loss="cross_entropy", bias=True):
@@ -214,7 +216,7 @@ def test_updates_are_the_gradients_of_the_local_losses(name, make):
     ref_rule.generator.set_state(gen_state)
     for p in list(ref_net.parameters()) + list(ref_rule.parameters()):
         p.grad = None
-    cg, L = ref_net.compiled, len(rule.layers)
+    L = len(rule.layers)
     with torch.no_grad():
         xs, hs = ref_rule.feedforward(inputs)
     B = xs[0].shape[0]
@@ -285,10 +287,9 @@ def test_graphs_target_propagation_cannot_serve_are_refused_with_the_reason(name
 
 
 def test_a_broken_chain_is_a_clear_cli_error(tmp_path):
-    spec = tmp_path / "dag.yaml"
-    spec.write_text(open("graphs/residual_mlp.yaml").read())
-    out = subprocess.run([sys.executable, "-m", "pcgraph.cli", "run", str(spec), "--algorithm", "dtp",
-                          "--epochs", "1", "--out", str(tmp_path / "r")], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "pcgraph.cli", "run", str(GRAPHS / "residual_mlp.yaml"),
+                          "--algorithm", "dtp", "--epochs", "1", "--out", str(tmp_path / "r")],
+                         capture_output=True, text=True, check=False)
     assert out.returncode == 2
     assert "Traceback" not in out.stderr
     assert "chain of layers" in out.stderr + out.stdout
@@ -297,7 +298,7 @@ def test_a_broken_chain_is_a_clear_cli_error(tmp_path):
 # ---- presets and training ---------------------------------------------------------------
 
 def test_presets_select_a_rule_its_settings_and_optimizer():
-    spec = Spec.load("graphs/bartunov_mnist_fc.yaml", algorithm="dtp_alternating")
+    spec = Spec.load(GRAPHS / "bartunov_mnist_fc.yaml", algorithm="dtp_alternating")
     assert spec.train.algorithm.name == "dtp"
     assert spec.train.algorithm.settings["schedule"] == "alternating"
     assert spec.train.optimizer["lr"] == pytest.approx(0.000308)
@@ -306,7 +307,7 @@ def test_presets_select_a_rule_its_settings_and_optimizer():
     assert select_algorithm(data, "zil")["train"]["algorithm"] == "zil"
     assert select_algorithm(data, "il")["train"]["algorithm"] == {"name": "il", "T": 7}
     with pytest.raises(SpecError, match="train.presets.bad"):
-        Spec.from_dict({**Spec.load("graphs/quickstart.yaml").to_dict(),
+        Spec.from_dict({**Spec.load(GRAPHS / "quickstart.yaml").to_dict(),
                         "train": {"presets": {"bad": {"algorithm": "bp", "lr": 1}}}})
 
 
@@ -339,3 +340,27 @@ def test_rule_state_is_checkpointed_and_resumed(tmp_path):
     b = {**three.exp.net.state_dict(), **three.exp.rule.state_dict()}
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a if torch.is_tensor(a[k]))
+
+
+def test_glorot_init_option():
+    """``init: glorot_uniform`` (the paper's initialisation): weights within
+    ``sqrt(6 / (fan_in + fan_out))``, biases 0; an unknown init is a located error."""
+    s = Spec(name="g", seed=0)
+    s.add_node("x", [1, 8, 8], "input").add_node("c", [4], "hidden").add_node("l", [3], "hidden")
+    s.add_node("y", [5], "output")
+    s.add_edge("x", "c", "conv2d", "identity", True, kernel_size=3, padding=1, init="glorot_uniform")
+    s.add_edge("c", "l", "locally_connected2d", "tanh", True, kernel_size=3, stride=2, padding=1,
+               init="glorot_uniform")
+    s.add_edge("l", "y", "linear", "tanh", True, init="glorot_uniform")
+    net = network(s.set_loss("cross_entropy").validate())
+    fans = {"x_to_c": (9, 36), "c_to_l": (36, 27), "l_to_y": (48, 5)}
+    for key, (fan_in, fan_out) in fans.items():
+        bound = (6 / (fan_in + fan_out)) ** 0.5
+        w = net.params[key]["weight"]
+        assert float(w.abs().max()) <= bound and float(w.abs().max()) > 0.8 * bound
+        assert float(net.params[key]["bias"].abs().max()) == 0
+    bad = mlp_spec().to_dict()
+    bad["model"]["edges"][0]["init"] = "he"
+    with pytest.raises(SpecError, match=r"unknown init 'he'.*glorot_uniform") as err:
+        Spec.from_dict(bad)
+    assert "edges[0]" in str(err.value) or "x->h1" in str(err.value)

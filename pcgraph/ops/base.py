@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Sequence
+from typing import ClassVar
 
 import torch
 
@@ -217,6 +218,36 @@ def uniform_(shape, bound, generator, dtype, device):
     t = torch.empty(shape, dtype=dtype)
     t.uniform_(-bound, bound, generator=generator)
     return t.to(device)
+
+
+#: weight initialisations (the ``init`` option of ops with weights)
+INITS = ("default", "glorot_uniform")
+
+
+@dataclass
+class WeightOptions:
+    """``init``: ``default`` (torch's layers': weights and biases uniform in
+    ``+-1/sqrt(fan_in)``) or ``glorot_uniform`` (Glorot & Bengio 2010, as
+    ``torch.nn.init.xavier_uniform_``: weights uniform in ``+-sqrt(6 / (fan_in + fan_out))``,
+    biases 0)."""
+
+    init: str = "default"
+
+    def check(self, where: str) -> None:
+        check_init(self.init, where)
+
+
+def check_init(init: str, where: str) -> None:
+    if init not in INITS:
+        raise SpecError(f"unknown init {init!r} (known: {', '.join(INITS)})", f"{where}.init")
+
+
+def init_weights(op: Op, fan_in: int, fan_out: int, generator, dtype, device) -> dict[str, torch.Tensor]:
+    """``op``'s parameters (``param_shapes``, in order) drawn as its ``init`` option says."""
+    glorot = getattr(op.opts, "init", "default") == "glorot_uniform"
+    bound = math.sqrt(6.0 / (fan_in + fan_out)) if glorot else 1.0 / math.sqrt(fan_in)
+    return {k: torch.zeros(s, dtype=dtype, device=device) if glorot and k == "bias"
+            else uniform_(s, bound, generator, dtype, device) for k, s in op.param_shapes().items()}
 
 
 def get_op(name: str, where: str | None = None) -> type[Op]:

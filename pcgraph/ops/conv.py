@@ -25,7 +25,6 @@ W_out`` by (1)); ``C_in`` and ``C_out`` divisible by ``groups``. Parameters: ``w
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -33,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import SpecError
-from .base import OPS, Op, uniform_
+from .base import OPS, Op, check_init, init_weights
 
 Pair = tuple[int, int]
 
@@ -179,9 +178,12 @@ class WindowOptions:
 class Conv2dOptions(WindowOptions):
     #: input and output channels split into this many independent groups
     groups: int = 1
+    #: weight initialisation (see :class:`~pcgraph.ops.base.WeightOptions`)
+    init: str = "default"
 
     def check(self, where: str) -> None:
         super().check(where)
+        check_init(self.init, where)
         if self.groups < 1:
             raise SpecError(f"groups must be a positive integer, got {self.groups}", f"{where}.groups")
 
@@ -252,8 +254,9 @@ class Conv2d(WindowOp):
 
     def init_params(self, generator, dtype, device):
         kh, kw = self.opts.k
-        bound = 1.0 / math.sqrt(self.in_shape[0] // self.opts.groups * kh * kw)
-        return {k: uniform_(s, bound, generator, dtype, device) for k, s in self.param_shapes().items()}
+        g = self.opts.groups
+        return init_weights(self, self.in_shape[0] // g * kh * kw, self.out_shape[0] // g * kh * kw,
+                            generator, dtype, device)
 
     # ---- computation ------------------------------------------------------------------
     def forward(self, params, u):

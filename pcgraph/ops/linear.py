@@ -7,22 +7,22 @@
 to every position of the leading axes (a token-wise MLP layer on ``[L, D]`` nodes);
 the target node's shape is the source's with the last axis replaced by ``D_out``.
 
-Both are initialised like ``torch.nn.Linear`` (uniform in ``+-1/sqrt(fan_in)``) and
+Both are initialised like ``torch.nn.Linear`` (uniform in ``+-1/sqrt(fan_in)``; option
+``init: glorot_uniform`` for Glorot's) and
 have hand-written VJPs (two matmuls each, cheaper than ``torch.func.vjp``).
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from .base import OPS, Op, numel, uniform_
+from .base import OPS, Op, WeightOptions, init_weights, numel
 
 
 @OPS.register("linear", "dense")
 class Linear(Op):
     name = "linear"
+    Options = WeightOptions
 
     def param_shapes(self):
         shapes = {"weight": (numel(self.out_shape), numel(self.in_shape))}
@@ -31,8 +31,7 @@ class Linear(Op):
         return shapes
 
     def init_params(self, generator, dtype, device):
-        bound = 1.0 / math.sqrt(numel(self.in_shape))
-        return {k: uniform_(s, bound, generator, dtype, device) for k, s in self.param_shapes().items()}
+        return init_weights(self, numel(self.in_shape), numel(self.out_shape), generator, dtype, device)
 
     def forward(self, params, u):
         flat = u.reshape(u.shape[0], -1)
@@ -59,6 +58,7 @@ class Linear(Op):
 @OPS.register("token_linear", "linear_last")
 class TokenLinear(Op):
     name = "token_linear"
+    Options = WeightOptions
 
     @classmethod
     def check_shapes(cls, in_shapes, out_shape, opts):
@@ -75,8 +75,7 @@ class TokenLinear(Op):
         return shapes
 
     def init_params(self, generator, dtype, device):
-        bound = 1.0 / math.sqrt(self.in_shape[-1])
-        return {k: uniform_(s, bound, generator, dtype, device) for k, s in self.param_shapes().items()}
+        return init_weights(self, self.in_shape[-1], self.out_shape[-1], generator, dtype, device)
 
     def forward(self, params, u):
         out = u @ params["weight"].t()

@@ -31,18 +31,29 @@ and with ``bias: true`` ``bias [C_out, H_out, W_out]``, both uniform in
 
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from .base import OPS, uniform_
-from .conv import WindowOp
+from .base import OPS, check_init, init_weights
+from .conv import WindowOp, WindowOptions
+
+
+@dataclass
+class LocalOptions(WindowOptions):
+    #: weight initialisation (see :class:`~pcgraph.ops.base.WeightOptions`)
+    init: str = "default"
+
+    def check(self, where: str) -> None:
+        super().check(where)
+        check_init(self.init, where)
 
 
 @OPS.register("locally_connected2d", "local2d", "untied_conv2d")
 class LocallyConnected2d(WindowOp):
     name = "locally_connected2d"
+    Options = LocalOptions
 
     @property
     def _fan_in(self) -> int:
@@ -57,8 +68,8 @@ class LocallyConnected2d(WindowOp):
         return shapes
 
     def init_params(self, generator, dtype, device):
-        bound = 1.0 / math.sqrt(self._fan_in)
-        return {k: uniform_(s, bound, generator, dtype, device) for k, s in self.param_shapes().items()}
+        kh, kw = self.opts.k
+        return init_weights(self, self._fan_in, self.out_shape[0] * kh * kw, generator, dtype, device)
 
     def _unfold(self, u):
         """The receptive fields as ``[L, B, K]`` (a view of unfold's ``[B, K, L]``)."""

@@ -1,7 +1,7 @@
 """Learning rules, one per file, resolved by name through :data:`RULES`."""
 
-from .base import RULES, LearningRule, StepInfo
 from . import ao_sdtp, bp, dfa, dtp, fa, fazil, il, sdtp, tp, zil  # noqa: F401  (registration)
+from .base import RULES, LearningRule, StepInfo
 
 
 def make_rule(name: str, net, settings: dict | None = None, seed: int = 0, reduction: str = "mean",

@@ -36,8 +36,8 @@ from dataclasses import dataclass
 import torch
 
 from ..compile import PCKernel
-from .base import RULES
 from ..errors import SpecError
+from .base import RULES
 from .zil import ZeroDivergenceIL
 
 

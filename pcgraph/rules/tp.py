@@ -166,7 +166,7 @@ class TargetPropagation(LearningRule):
             v = src
         if len(layers) < 2:
             raise SpecError(f"{self.name} needs at least two layers (one hidden node)", "model.edges")
-        if len(set(l.key for l in layers)) != len(layers):
+        if len({layer.key for layer in layers}) != len(layers):
             raise SpecError(f"{self.name} needs every layer to have its own parameters (shared weights "
                             "would take two different local losses)", "model.edges")
         return layers[::-1]
