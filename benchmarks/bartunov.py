@@ -24,7 +24,6 @@ import argparse
 import json
 import math
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -81,16 +80,19 @@ def run_one(net: str, method: str, epochs: int, out: Path, sets: list[str], log)
     if (run_dir / "checkpoint.pt").exists():
         trainer.resume()
         history = [h for h in history if h["epoch"] <= trainer.start_epoch]
-    for epoch in range(trainer.start_epoch + 1, epochs + 1):
-        t0 = time.perf_counter()
-        record = trainer.fit(epochs=epoch)[-1]
+        history_file.write_text("".join(json.dumps(h) + "\n" for h in history))
+
+    def on_epoch(record: dict, epoch: int) -> None:
         rec = {"epoch": epoch, "train_error": train_error(exp), "test_error": 100.0 * (1 - record["test_accuracy"]),
-               "train_loss": record["train_loss"], "seconds": time.perf_counter() - t0}
+               "train_loss": record["train_loss"], "seconds": record["seconds"]}
         history.append(rec)
         with open(history_file, "a") as f:
             f.write(json.dumps(rec) + "\n")
         log(f"{net:9s} {method:20s} epoch {epoch:3d}: train error {rec['train_error']:6.2f}%  "
             f"test error {rec['test_error']:6.2f}%  ({rec['seconds']:.0f} s)")
+
+    trainer.on_epoch.append(on_epoch)
+    trainer.fit(epochs=epochs)
     return history
 
 

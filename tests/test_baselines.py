@@ -364,3 +364,28 @@ def test_glorot_init_option():
     with pytest.raises(SpecError, match=r"unknown init 'he'.*glorot_uniform") as err:
         Spec.from_dict(bad)
     assert "edges[0]" in str(err.value) or "x->h1" in str(err.value)
+
+
+def _have_mnist() -> bool:
+    import os
+    root = os.environ.get("PCGRAPH_DATA")
+    return bool(root) and (Path(root) / "MNIST").is_dir()
+
+
+@pytest.mark.mnist
+@pytest.mark.skipif(not _have_mnist(), reason="MNIST files not found (set PCGRAPH_DATA)")
+def test_the_bartunov_benchmark_writes_its_table_and_resumes(tmp_path):
+    script = GRAPHS.parent / "benchmarks" / "bartunov.py"
+    args = [sys.executable, str(script), "--nets", "mnist_fc", "--methods", "bp,sdtp", "--out", str(tmp_path),
+            "--set", "data.train_subset=256", "--set", "data.test_subset=64", "--threads", "1"]
+    first = subprocess.run([*args, "--epochs", "1"], capture_output=True, text=True, check=False)
+    assert first.returncode == 0, first.stderr
+    second = subprocess.run([*args, "--epochs", "2"], capture_output=True, text=True, check=False)
+    assert second.returncode == 0, second.stderr
+    assert "epoch   1" not in second.stdout and "epoch   2" in second.stdout     # resumed, not redone
+    table = (tmp_path / "table.md").read_text()
+    assert "| bp |" in table and "| sdtp |" in table and "3.52" in table       # the paper's SDTP test error
+    assert (tmp_path / "curves.png").stat().st_size > 1000
+    import json
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [h["epoch"] for h in results["mnist_fc"]["sdtp"]] == [1, 2]
