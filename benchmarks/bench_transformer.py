@@ -11,8 +11,9 @@ output is checked against pcgraph's forward pass and its gradients against Z-IL'
 one batch. ``bp`` is pcgraph's autograd reference on the compiled graph (relays
 included); ``zil`` and ``fazil`` run the compiled PC programs. One update is
 ``zero_grad``, loss, backward / inference, optimizer step (the spec's optimizer, Adam).
-Rounds are interleaved so that machine noise hits every method alike; the table gives
-the median round, the spread (min-max over rounds) and the ratio of medians to torch.
+Rounds are interleaved (in a shuffled order) so that machine noise hits every method alike;
+the table gives the median round, the spread (min-max over rounds) and the median of the
+per-round paired ratios to torch with their IQR.
 """
 
 from __future__ import annotations
@@ -202,15 +203,15 @@ def main() -> None:
     methods = {m: (torch_step if m == "torch" else pc_step(m, {})) for m in wanted}
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     times = common.time_interleaved(methods, args.rounds, args.steps, warmup=args.warmup, sync=sync)
-    ref = statistics.median(times["torch"]) if "torch" in times else None
+    ratios = common.paired(times, "torch") if "torch" in times else {}
     n_par = sum(p.numel() for p in base.net.parameters())
     print(f"{spec.name}: {n_par} parameters, batch {batch}, {args.device}/{args.dtype}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, attention {args.attention}, "
           f"median of {args.rounds} rounds x {args.steps} updates")
-    print(f"{'method':<8} {'ms/update':>10} {'min-max':>17} {'x torch':>8}")
+    print(f"{'method':<8} {'ms/update':>10} {'min-max':>17} {'x torch':>8} {'IQR':>11}  (paired per-round ratios)")
     for name, ts in times.items():
         m = statistics.median(ts)
-        ratio = f"{m / ref:8.2f}" if ref else f"{'-':>8}"
+        ratio = f"{ratios[name][0]:8.2f} {ratios[name][1]:5.2f}-{ratios[name][2]:<5.2f}" if ratios else f"{'-':>8}"
         print(f"{name:<8} {m:10.2f} {min(ts):8.2f}-{max(ts):<8.2f} {ratio}")
 
 

@@ -9,6 +9,7 @@ from .ir import Edge, PCGraph, ValueNode
 from .rules import RULES, LearningRule, make_rule
 from .spec import AlgorithmSpec, DataSpec, Spec, TrainSpec
 from .train import Experiment, Trainer, check_against_bp
+from .importer import ImportedModel, TorchImportError, from_torch, load_weights
 
 __version__ = "0.1.0"
 
@@ -18,3 +19,4 @@ __all__ = [
     "RULES", "Spec", "SpecError", "TrainSpec", "Trainer", "ValueNode", "build_plan", "check_against_bp",
     "compile_graph", "make_rule",
 ]
+__all__ += ["ImportedModel", "TorchImportError", "from_torch", "load_weights"]

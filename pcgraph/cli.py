@@ -184,17 +184,12 @@ def _without_nproc(argv: list[str]) -> list[str]:
 
 def cmd_run(args) -> int:
     from .train import Experiment, Trainer
-    from .train.distributed import DataParallel, launch_local, under_launcher
+    from .train.distributed import DataParallel, check_nproc, launch_local, under_launcher
 
     spec = load_spec(args)
     out = _out_dir(args.out) if args.out else _out_dir(default_out(spec.name))
     if args.nproc is not None:      # data parallel: start the processes (each runs this without --nproc)
-        from .errors import SpecError
-
-        if args.nproc < 1:
-            raise SpecError(f"expected at least 1 process, got {args.nproc}", "--nproc")
-        if under_launcher():
-            raise SpecError("this process was started by torchrun: leave --nproc out", "--nproc")
+        check_nproc(args.nproc, args.device)
         if args.nproc > 1:
             Experiment.build(spec, args.device, args.dtype, with_data=False)   # a bad spec: one message
             return launch_local(args.nproc, _without_nproc(getattr(args, "argv", sys.argv[1:])))

@@ -20,7 +20,8 @@ GRAPHS = Path(__file__).resolve().parents[1] / "graphs"
 SPECS = sorted(GRAPHS.glob("*.yaml"))
 
 # torchvision's folder for each offline dataset (pcgraph/data/datasets.py)
-FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "cifar10": "cifar-10-batches-py"}
+FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "cifar10": "cifar-10-batches-py",
+           "cora": "Planetoid/Cora/raw", "citeseer": "Planetoid/CiteSeer/raw"}   # (pcgraph/data/graphs.py)
 TOL = 1e-10
 FAST = ["data.train_subset=256", "data.test_subset=64"]
 # datasets checked on a generated stand-in (CIFAR-10 is not bundled; the stand-in has its

@@ -77,6 +77,22 @@ EXAMPLES: dict[str, list[tuple[list[tuple[int, ...]], tuple[int, ...], bool, dic
                   ([(3, 4), (6, 5)], (3, 2), False, {}),
                   ([(3, 4), (6, 5)], (3, 4), True, {"heads": 2, "causal": True}),
                   ([(6, 4), (3, 5)], (6, 4), True, {"heads": 4, "causal": True})],
+    # graph ops: B vertices, the graph of _op() below
+    "gcn_conv": [([(4,)], (3,), False, {}),
+                 ([(4,)], (3,), True, {"improved": True}),
+                 ([(4,)], (2,), True, {"add_self_loops": False}),
+                 ([(4,)], (3,), False, {"normalize": False})],
+    "sage_conv": [([(4,)], (3,), True, {}),
+                  ([(4,)], (3,), False, {"aggr": "max"}),
+                  ([(4,)], (2,), True, {"aggr": "sum", "normalize": True, "root_weight": False})],
+    "gat_conv": [([(4,)], (3,), False, {}),
+                 ([(4,)], (6,), True, {"heads": 2}),
+                 ([(4,)], (3,), True, {"heads": 2, "concat": False, "negative_slope": 0.1}),
+                 ([(4,)], (2,), False, {"add_self_loops": False}),
+                 ([(4,)], (4,), True, {"heads": 2, "dropout": 0.5})],
+    # sampling ops: a step seed bound by _op() (one mask for every call)
+    "dropout": [([(5,)], (5,), False, {}),
+                ([(2, 3)], (2, 3), False, {"p": 0.2})],
     "layer_norm": [([(6,)], (6,), False, {}),
                    ([(5, 4)], (5, 4), False, {}),
                    ([(5, 4)], (5, 4), False, {"affine": False}),
@@ -85,6 +101,20 @@ EXAMPLES: dict[str, list[tuple[list[tuple[int, ...]], tuple[int, ...], bool, dic
 
 B = 3
 TOL = dict(rtol=1e-10, atol=1e-10)
+
+
+def _op(cls, in_shapes, out_shape, bias, opts):
+    """An op for the examples; a graph op (``needs_graph``) gets its side input bound: a small
+    directed graph on the B example vertices (each has an in-edge, 2 -> 0 is one-way); an op
+    that samples (``needs_step``) a training step's seed."""
+    op = cls(in_shapes, out_shape, bias, opts)
+    if getattr(cls, "needs_graph", False):
+        from pcgraph.ops.graph_conv import Graph
+
+        op.graph = Graph(torch.tensor([[0, 1, 1, 2, 2], [1, 0, 2, 1, 0]]), B)
+    if getattr(op, "needs_step", False):    # ops that sample (dropout): inside a training step
+        op.step_seed = 12345
+    return op
 
 
 def _op_names() -> list[str]:
@@ -140,11 +170,11 @@ def test_op(name):
             inferred = tuple(inferred)
             assert cls.check_shapes(in_shapes, inferred, opts) is None, \
                 f"{ctx}: infer_out_shape gives {list(inferred)}, which check_shapes rejects"
-            op_inf = cls(in_shapes, inferred, bias, opts)
+            op_inf = _op(cls, in_shapes, inferred, bias, opts)
             y = op_inf.forward(op_inf.init_params(torch.Generator(), torch.float64, torch.device("cpu")),
                                *[_rand((B, *s), k) for k, s in enumerate(in_shapes)])
             assert tuple(y.shape) == (B, *inferred), f"{ctx}: forward to the inferred shape gives {tuple(y.shape)}"
-        op = cls(in_shapes, out_shape, bias, opts)
+        op = _op(cls, in_shapes, out_shape, bias, opts)
 
         # (d) parameters: exactly param_shapes(), deterministic from the generator
         shapes = op.param_shapes()
@@ -209,7 +239,7 @@ def test_op_linearize(name):
     cls = OPS.get(name)
     for i, (in_shapes, out_shape, bias, raw) in enumerate(EXAMPLES.get(cls.name, [])):
         ctx = f"{name} example {i} ({in_shapes} -> {out_shape}, bias={bias}, {raw})"
-        op = cls(in_shapes, out_shape, bias, cls.parse_options(raw, "test"))
+        op = _op(cls, in_shapes, out_shape, bias, cls.parse_options(raw, "test"))
         init = op.init_params(torch.Generator().manual_seed(1), torch.float64, torch.device("cpu"))
         params = {k: v + 0.3 * _rand(v.shape, 100 + j) for j, (k, v) in enumerate(init.items())}
         inputs = [_rand((B, *s), 10 + k) for k, s in enumerate(in_shapes)]

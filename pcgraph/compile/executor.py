@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..ops.base import Op
 from .kernel import PCKernel
 from .plan import InferencePlan
 
@@ -64,60 +65,131 @@ class State:
 
 @torch.no_grad()
 def run_plan(kernel: PCKernel, plan: InferencePlan, state: State,
-             targets: dict[str, torch.Tensor]) -> InferenceResult:
+             targets: dict[str, torch.Tensor], scale: float | None = None) -> InferenceResult:
     """Run ``plan`` from ``state``: values ``x`` (inputs clamped) whose predictions ``mu``
-    are known where the plan does not recompute them (the feed-forward pass's)."""
+    are known where the plan does not recompute them (the feed-forward pass's).
+
+    ``scale``: when given, the updates come back multiplied by it (the rule's batch
+    reduction, :meth:`pcgraph.rules.base.LearningRule.write_grads` with ``scaled=True``),
+    folded into the parameter VJPs: an op whose parameter VJP is its own computation takes
+    ``scale * signal`` (fewer numbers than its parameters: one multiply, on the smaller
+    side), any other has its update scaled in place as it comes out."""
     if kernel.memo is None:
         kernel.memo = {}
     try:
-        return _run(kernel, plan, state, targets)
+        return _run(kernel, plan, state, targets, scale)
     finally:
         kernel.memo = None
 
 
-def _run(kernel, plan, state, targets):
-    edges = kernel.cg.edges
+class _Program:
+    """A plan resolved once for a kernel's graph: per step, plain tuples instead of
+    dataclasses, edges and dicts (no per-node lookups in the inner loop)."""
+
+    def __init__(self, kernel: PCKernel, plan: InferencePlan):
+        cg = kernel.cg
+        edges = cg.edges
+        self.steps = []
+        contributions: dict[str, int] = {}     # parameter group -> updates per run
+        for s in plan.steps:
+            for i, _, want_params in s.vjps:
+                if want_params:
+                    contributions[edges[i].key] = contributions.get(edges[i].key, 0) + 1
+        for s in plan.steps:
+            vjps = []
+            for i, wanted, want_params in s.vjps:
+                e = edges[i]
+                op = cg.ops[i]
+                # the parameter VJP is computed on its own (scaling its signal costs nothing
+                # else); ops with one joint VJP (or a linearization) scale their output instead
+                # a group updated once per run whose op computes its parameter VJP on its own
+                # takes the scaled signal; a shared group (an unrolled RNN's) sums unscaled and
+                # is scaled once at the end
+                split = not op.uses_default_vjp and type(op).vjp is Op.vjp and contributions.get(e.key) == 1
+                n_params = sum(p.numel() for p in kernel.net.edge_params(i).values())
+                msgs = tuple((k, src) for k, (src, w) in enumerate(zip(e.sources, wanted)) if w)
+                vjps.append((i, e.dst, e.key, tuple(wanted), any(wanted), want_params,
+                             (False,) * len(e.sources), msgs, split, n_params))
+            adv = [(a.node, a.own_error) for a in s.advance]
+            self.steps.append((s.t, tuple(s.mu), tuple(s.eps), list(s.eps), tuple(vjps), tuple(adv)))
+
+
+def _program(kernel: PCKernel, plan: InferencePlan) -> _Program:
+    cache = plan.__dict__.setdefault("_programs", {})
+    prog = cache.get(id(kernel.cg))
+    if prog is None or prog[0] is not kernel.cg:
+        prog = cache[id(kernel.cg)] = (kernel.cg, _Program(kernel, plan))
+    return prog[1]
+
+
+def _run(kernel, plan, state, targets, scale):
+    prog = _program(kernel, plan)
     vals, mu = state, state.mu
+    x = vals.x
     eps: dict[str, torch.Tensor] = {}
     acc: dict = {}
     moved: dict = {}     # node -> (base, d) for a value formed as base + d at its last move
-    for step in plan.steps:
-        t = step.t
-        for c in step.mu:
-            mu[c] = kernel.prediction(c, vals.inputs)
-        for c in step.eps:
+    late: set = set()    # groups whose updates are scaled at the end
+    prediction, error, observe = kernel.prediction, kernel.error, kernel.observe
+    learn_signal, edge_vjp, message = kernel.learn_signal, kernel.edge_vjp, kernel.message
+    aggregate, advance, advanced_from = kernel.aggregate, kernel.advance, kernel.advanced_from
+    accumulate, inputs, f = kernel.accumulate, vals.inputs, vals.f
+    # scaling the signal instead of the update is exact only where the VJP is the op's
+    # own (linear in the signal); a kernel that overrides edge_vjp gets its updates scaled
+    fold = scale is not None and type(kernel).edge_vjp is PCKernel.edge_vjp
+    for t, mus, eps_list, computed, vjps, advs in prog.steps:
+        for c in mus:
+            mu[c] = prediction(c, inputs)
+        for c in eps_list:
             split = moved.get(c)       # (only hidden values move: never an output's)
             if split is not None and (split[0] is mu[c] or torch.equal(split[0], mu[c])):
                 eps[c] = split[1]       # x_c = mu_c + d was formed from this same mu_c: eps_c = d exactly
             else:
-                eps[c] = kernel.error(c, vals.x.get(c), mu[c], targets.get(c))
-        kernel.observe(t, eps, step.eps)
+                eps[c] = error(c, x.get(c), mu[c], targets.get(c))
+        observe(t, eps, computed)
         messages: dict[str, list[torch.Tensor]] = {}
-        for i, wanted, want_params in step.vjps:
-            e = edges[i]
-            eps_c = eps[e.dst]
-            us = vals.inputs(i)
-            signal = kernel.learn_signal(i, t, eps_c) if want_params else None
-            if signal is eps_c:
-                gin, gp = kernel.edge_vjp(i, us, eps_c, wanted, True)
+        folded: dict[str, tuple] = {}      # dst -> (signal, scale * signal): one multiply per error
+        for i, dst, key, wanted, any_wanted, want_params, nothing, msgs, split, n_params in vjps:
+            eps_c = eps[dst]
+            us = inputs(i)
+            signal = learn_signal(i, t, eps_c) if want_params else None
+            gp = None
+            if signal is None:
+                gin = edge_vjp(i, us, eps_c, wanted, False)[0] if any_wanted else None
+            elif fold and split and signal.numel() < n_params:
+                gin = edge_vjp(i, us, eps_c, wanted, False)[0] if any_wanted else None
+                hit = folded.get(dst)
+                if hit is None or hit[0] is not signal:
+                    hit = folded[dst] = (signal, signal * scale)
+                gp = edge_vjp(i, us, hit[1], nothing, True)[1]
             else:
-                gin = kernel.edge_vjp(i, us, eps_c, wanted, False)[0] if any(wanted) else None
-                gp = kernel.edge_vjp(i, us, signal, [False] * len(us), True)[1] if signal is not None else None
+                if signal is eps_c:
+                    gin, gp = edge_vjp(i, us, eps_c, wanted, True)
+                else:
+                    gin = edge_vjp(i, us, eps_c, wanted, False)[0] if any_wanted else None
+                    gp = edge_vjp(i, us, signal, nothing, True)[1]
+                if gp and scale is not None:
+                    late.add(key)
             if gp:
-                kernel.accumulate(acc, e.key, gp)
-            for k, w in enumerate(wanted):
-                if w:
-                    messages.setdefault(e.sources[k], []).append(
-                        kernel.message(i, k, gin[k], vals.x[e.sources[k]], vals.f(i, k)))
-        for a in step.advance:
-            drive = kernel.aggregate(a.node, messages.get(a.node, []))
-            x_v, mu_v, own = vals.x[a.node], mu.get(a.node), (eps[a.node] if a.own_error else None)
-            vals.set(a.node, kernel.advance(a.node, x_v, mu_v, own, drive))
-            base = kernel.advanced_from(x_v, mu_v, own, drive)
+                accumulate(acc, key, gp)
+            for k, src in msgs:
+                m = message(i, k, gin[k], x[src], f(i, k))
+                box = messages.get(src)
+                if box is None:
+                    messages[src] = [m]
+                else:
+                    box.append(m)
+        for node, own_error in advs:
+            x_v, mu_v, own = x[node], mu.get(node), (eps[node] if own_error else None)
+            drive = aggregate(node, messages.get(node, []))
+            vals.set(node, advance(node, x_v, mu_v, own, drive))
+            base = advanced_from(x_v, mu_v, own, drive)
             if base is None:
-                moved.pop(a.node, None)
+                moved.pop(node, None)
             else:
-                moved[a.node] = (base, drive)
+                moved[node] = (base, drive)
+    if late:            # one multiply for every update not scaled on the way
+        torch._foreach_mul_([g for key in late for g in acc[key].values()], scale)
     return InferenceResult(dict(vals.x), eps, acc)
 
 

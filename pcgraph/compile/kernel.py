@@ -29,6 +29,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..ops import Objective
+from ..ops.linear import Linear
 from .network import PCNetwork
 
 Tensor = torch.Tensor
@@ -49,6 +50,12 @@ class PCKernel:
         #: linearizations kept by the executor between an edge's forward and its VJPs (edges
         #: whose op has no hand-written VJP): edge -> (inputs, pullback); None = off
         self.memo: dict | None = None
+        #: edges whose op is a dense ``linear`` between vector nodes (``[B, n]`` values): on
+        #: the executor's path (``memo`` set) the kernel evaluates them with Linear's own
+        #: kernels (``addmm``, ``mm``, ``sum``: the same numbers) minus its reshapes, which are
+        #: no-ops there; the reference interpreter keeps calling the op
+        self.dense = [type(op) is Linear and len(op.in_shapes[0]) == 1 and len(op.out_shape) == 1
+                      for op in self.cg.ops]
 
     # ---- per-source activations ------------------------------------------------------
     def f(self, i: int, k: int, x: Tensor) -> Tensor:
@@ -66,6 +73,10 @@ class PCKernel:
     def _linearized(self, i: int, us: Sequence[Tensor]) -> Tensor:
         """Edge ``i``'s term, keeping its pullback in ``memo`` when the op has no
         hand-written VJP (the VJP at the wave then reuses this forward)."""
+        if self.dense[i]:
+            p = self.net.edge_params(i)
+            w = p["weight"]
+            return torch.addmm(p["bias"], us[0], w.t()) if self.cg.ops[i].bias else us[0].mm(w.t())
         op = self.cg.ops[i]
         if not op.uses_default_vjp:
             return op.forward(self.net.edge_params(i), *us)
@@ -82,6 +93,15 @@ class PCKernel:
                  want_params: bool) -> tuple[list[Tensor | None], dict[str, Tensor] | None]:
         """``(d op_e/d u_k)^T eps_c`` for the wanted sources and, if asked, the local update
         ``sum_b (d op_e/d theta)^T eps_c``: one call, so ops share work between the two."""
+        if self.dense[i] and self.memo is not None:
+            p = self.net.edge_params(i)
+            gin = [eps_c.mm(p["weight"]) if wanted[0] else None]
+            if not want_params:
+                return gin, None
+            gp = {"weight": eps_c.t().mm(us[0])}
+            if self.cg.ops[i].bias:
+                gp["bias"] = eps_c.sum(0)
+            return gin, gp
         if self.memo:
             hit = self.memo.get(i)
             if hit is not None and len(hit[0]) == len(us) and all(a is b for a, b in zip(hit[0], us)):

@@ -15,6 +15,8 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from ..ops.dropout import bind_step
+from ..ops.graph_conv import bind_graph, graph_ops
 from .graph import CompiledGraph
 
 
@@ -22,6 +24,8 @@ class PCNetwork(nn.Module):
     def __init__(self, compiled: CompiledGraph, seed: int = 0, device=None, dtype=torch.float32):
         super().__init__()
         self.compiled = compiled
+        #: mixed into the per-step seeds of ops that sample (``dropout``): see :meth:`begin_step`
+        self.seed = int(seed)
         gen = torch.Generator().manual_seed(int(seed))
         device = torch.device(device) if device is not None else torch.device("cpu")
         params = nn.ModuleDict()
@@ -48,6 +52,25 @@ class PCNetwork(nn.Module):
 
     def edge_params(self, i: int):
         return self._edge_params[i]
+
+    # ---- side inputs: the structure of a graph dataset ----------------------------------------
+    def set_graph(self, graph) -> None:
+        """Bind a :class:`pcgraph.ops.graph_conv.Graph` (``edge_index``, ``num_nodes``) to the
+        graph ops (``gcn_conv``, ``sage_conv``, ``gat_conv``); rows of every value node are
+        then its vertices. A graph dataset's loader binds its graph itself."""
+        bind_graph(self.compiled, None if graph is None else graph.to(self.device))
+
+    def begin_step(self, step: int | None) -> None:
+        """Training step ``step`` begins: ops that sample (``dropout``, ``gat_conv`` with
+        attention dropout) draw its masks, the same for the whole step; None ends sampling
+        (evaluation: those ops are deterministic)."""
+        bind_step(self.compiled, self.seed, step)
+
+    @property
+    def graph(self):
+        """The graph bound to the graph ops (None: none bound, or no graph ops)."""
+        idx = graph_ops(self.compiled)
+        return self.compiled.ops[idx[0]].graph if idx else None
 
     def contribution(self, i: int, us: Sequence[torch.Tensor]) -> torch.Tensor:
         """``op_e(u_1, .., u_n)`` of edge ``i`` (``u_k = f_k(x_{p_k})``)."""

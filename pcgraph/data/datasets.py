@@ -71,6 +71,10 @@ class Splits:
     num_classes: int | None  # None: regression (float targets)
     #: length of the labels' time axis (label dim 1), ``None`` when the labels have none
     steps: int | None = None
+    #: a graph dataset's structure (:class:`pcgraph.ops.graph_conv.Graph`): then a sample is a
+    #: vertex, the splits hold all vertices in order and a mask leaves the others unlabelled
+    #: (:mod:`pcgraph.data.graphs`)
+    graph: Any = None
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -327,6 +331,12 @@ def load_dataset(name: str, root: str | None = None, train_subset: int | None = 
             what = f"known: {', '.join(known)}" if known else "it takes no options"
             raise DataError(f"dataset {name!r} has no option {k!r} ({what})", f"data.options.{k}")
     splits = loader(root, **options)
+    if splits.graph is not None:    # one graph: a subset keeps its first labelled vertices, all vertices
+        from .graphs import first_labelled
+
+        splits.train_y = first_labelled(splits.train_y, train_subset)
+        splits.test_y = first_labelled(splits.test_y, test_subset)
+        return splits
     if train_subset:
         splits.train_x, splits.train_y = splits.train_x[:train_subset], splits.train_y[:train_subset]
     if test_subset:

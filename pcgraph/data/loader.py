@@ -12,6 +12,14 @@ routed one step per output: the graph must have exactly ``T`` output nodes, and 
 ``k``-th output **in declaration order** (``compiled.graph.outputs``, the order of the
 spec's ``model.nodes``) gets step ``k``'s slice ``labels[:, k]``. A count mismatch is a
 :class:`~pcgraph.errors.DataError`.
+
+**Graph datasets** (``Splits.graph`` set: ``cora``, ``citeseer``, ``karate``) are one
+graph whose samples are its vertices: the loader binds the graph to the compiled graph's
+graph ops (:func:`pcgraph.ops.graph_conv.bind_graph`) and yields the whole graph as one
+batch, in vertex order (``batch_size``, ``test_batch_size`` and ``shuffle`` do not apply).
+Labels of vertices outside a split's mask are :data:`~pcgraph.ops.losses.IGNORE`;
+:meth:`GraphBatches.counted` gives the number of labelled samples of a batch. A graph
+with graph ops and a dataset without a graph is a :class:`~pcgraph.errors.DataError`.
 """
 
 from __future__ import annotations
@@ -22,10 +30,22 @@ from typing import Iterator
 import torch
 
 from ..errors import DataError
+from ..ops.base import get_op
+from ..ops.graph_conv import bind_graph, graph_ops
+from ..ops.losses import IGNORE
 from .datasets import Splits
 
 #: losses that take real-valued (dense) targets
 REGRESSION_LOSSES = ("mse",)
+
+
+def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
+    """Data parallel: rank ``rank``'s rows ``[lo, hi)`` of a batch of ``n`` samples split over
+    ``world`` processes: contiguous, in rank order, sizes differing by at most one (the first
+    ``n % world`` ranks take one more; a rank may get none when ``n < world``)."""
+    base, extra = divmod(n, world)
+    lo = rank * base + min(rank, extra)
+    return lo, lo + base + (rank < extra)
 
 
 class GraphBatches:
@@ -69,13 +89,28 @@ class GraphBatches:
                                 f"loss, not {loss.name}", "loss")
         self.shape = tuple(shape)
         self.compiled = compiled
+        #: a graph dataset's structure, bound to the graph ops; its batch is the whole graph
+        self.graph = splits.graph.to(device) if splits.graph is not None else None
+        if self.graph is not None:
+            batch_size = test_batch_size = len(splits.train_x)
+            shuffle = False
+        elif graph_ops(compiled):
+            src = compiled.source
+            edge = next(e for e in src.edges if getattr(get_op(e.op), "needs_graph", False))
+            raise DataError(f"op {get_op(edge.op).name!r} needs a graph dataset (cora, citeseer, karate), "
+                            f"but {splits.name} has no graph structure", src.where_edge(edge) + ".op")
+        bind_graph(compiled, self.graph)
         self.device, self.dtype = torch.device(device), dtype
         self.batch_size, self.test_batch_size = batch_size, test_batch_size
         self.shuffle = shuffle
         self.generator = torch.Generator().manual_seed(seed)
+        #: data parallel (``pcgraph.train.distributed``): every rank draws the same global batch
+        #: order and keeps its ``shard_bounds`` rows of each batch; ``shard`` sets these
+        self.rank, self.world = 0, 1
         self.train_x = splits.train_x.reshape(-1, *shape).to(self.device, dtype)
         self.train_y = self._labels(splits.train_y)
-        self.test_x = splits.test_x.reshape(-1, *shape).to(self.device, dtype)
+        self.test_x = self.train_x if splits.test_x is splits.train_x else \
+            splits.test_x.reshape(-1, *shape).to(self.device, dtype)
         self.test_y = self._labels(splits.test_y)
 
     def _labels(self, y: torch.Tensor) -> torch.Tensor:
@@ -94,19 +129,49 @@ class GraphBatches:
         return {o: self.compiled.losses[o].target(y, g.nodes[o].shape, self.dtype)
                 for o, y in self.output_labels(labels).items()}
 
+    def counted(self, labels: torch.Tensor) -> int:
+        """How many samples of a batch have a label (all but graph vertices off the mask)."""
+        if self.regression:
+            return len(labels)
+        return int((labels != IGNORE).sum()) if labels.dim() == 1 else len(labels)
+
     def steps_per_epoch(self) -> int:
         return math.ceil(len(self.train_y) / self.batch_size)
 
+    def shard(self, rank: int, world: int) -> "GraphBatches":
+        """Yield only rank ``rank``'s share of every batch (of ``world`` processes)."""
+        if not 0 <= rank < world:
+            raise DataError(f"rank {rank} is not one of the {world} processes")
+        if self.graph is not None and world > 1 and graph_ops(self.compiled):
+            raise DataError("a graph dataset under graph ops is one batch, the whole graph, whose vertices "
+                            "exchange messages: it cannot be split across processes; run it in one process "
+                            "(no --nproc / torchrun)", "data.dataset")
+        self.rank, self.world = rank, world
+        return self
+
     def train(self) -> Iterator[tuple[dict, dict, torch.Tensor]]:
+        """Mini-batches in the order the generator draws; under ``shard`` this rank's rows of
+        each global batch (possibly none: an empty batch)."""
         n = len(self.train_y)
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
         order = order.to(self.device)
         for start in range(0, n, self.batch_size):
             idx = order[start:start + self.batch_size]
+            if self.world > 1:
+                lo, hi = shard_bounds(len(idx), self.rank, self.world)
+                idx = idx[lo:hi]
             labels = self.train_y[idx]
             yield {self.input: self.train_x[idx]}, self.targets(labels), labels
 
     def test(self) -> Iterator[tuple[dict, dict, torch.Tensor]]:
-        for start in range(0, len(self.test_y), self.test_batch_size):
-            labels = self.test_y[start:start + self.test_batch_size]
-            yield {self.input: self.test_x[start:start + self.test_batch_size]}, self.targets(labels), labels
+        """Test batches; under ``shard`` this rank's non-empty rows of each."""
+        n = len(self.test_y)
+        for start in range(0, n, self.test_batch_size):
+            stop = min(start + self.test_batch_size, n)
+            if self.world > 1:
+                lo, hi = shard_bounds(stop - start, self.rank, self.world)
+                if lo == hi:
+                    continue
+                start, stop = start + lo, start + hi
+            labels = self.test_y[start:stop]
+            yield {self.input: self.test_x[start:stop]}, self.targets(labels), labels

@@ -78,18 +78,26 @@ class LearningRule(nn.Module):
         return [p for p in self.parameters() if p.requires_grad]
 
     # ---- the one place where the batch is reduced -----------------------------------------
-    def write_grads(self, updates: dict, batch: int) -> None:
+    def grad_scale(self, batch: int) -> float:
+        """``-r``: the factor between summed local updates and the gradient written."""
+        return -self.objective.scale(batch)
+
+    def write_grads(self, updates: dict, batch: int, scaled: bool = False) -> None:
         """``p.grad += -r * sum_b(local updates)`` for the network's parameter groups
-        (``r`` from the objective's reduction): descent on the reduced objective."""
-        scale = -self.objective.scale(batch)
+        (``r`` from the objective's reduction): descent on the reduced objective.
+        ``scaled``: the updates already carry the factor :meth:`grad_scale` (the executor
+        folds it into the VJPs: ``run_plan(..., scale=)``)."""
         params = self.__dict__.get("_flat_params")
         if params is None:      # (key, name) -> parameter, without ModuleDict lookups per step
             params = {(k, n): p for k, group in self.net.params.items() for n, p in group.items()}
             self.__dict__["_flat_params"] = params
+        if not scaled:          # one multiply for all of them
+            grads = [g for group in updates.values() for g in group.values()]
+            if grads:
+                torch._foreach_mul_(grads, self.grad_scale(batch))
         for key, group in updates.items():
             for name, g in group.items():
                 p = params[key, name]
-                g.mul_(scale)
                 p.grad = g if p.grad is None else p.grad.add_(g)
 
     def per_sample_loss(self, info: StepInfo, batch: int) -> float:

@@ -33,6 +33,39 @@ One sample's run:
    ``T + 1`` steps on the compiled executor (a plan that computes everything every step),
    the kernel's ``learn_signal`` gated by the trigger all the while.
 
+Event-driven (the wave, ``gamma = 1``, a prediction phase at least the graph's height):
+the same dynamics, but the executor computes only the quantities that can change, as an
+event-driven simulation of the network would; every skip follows from what a node knows
+locally (its own spike, its parents' and children's spikes) and the spike rule, which
+depends on the graph alone (so its times are known when the rule is built, as the plan's
+known zeros are for Z-IL):
+
+- *Prediction phase.* With the output free there is no feedback, and with ``gamma = 1`` a
+  value moves to its own prediction (``x_v <- mu_v``): once all of a node's parents have
+  settled, its next prediction is final and it settles with it, and nothing after that
+  changes it. The values before a node settles never reach a learning event: they only feed
+  its children's transient predictions, which are overwritten in turn (the wave trigger
+  learns nothing in this phase). So each node computes one prediction, when its parents
+  have settled: one feed-forward pass, the state the full phase reaches after ``height``
+  steps, to the bit.
+- *Known zeros (C1).* After that phase every hidden error is exactly 0, and an error
+  stays 0 until the spike reaches the node: the error and the spike travel the same
+  feedback wires, one step per edge, so before a node's spike no child of it has a
+  non-zero error, it receives no message, its value stays at its prediction, and its
+  parents have not moved either. Those errors, their messages and their VJPs are 0 and
+  are skipped.
+- *Quiescence.* A node whose own spike has passed and whose parents' spikes have passed
+  has learned (its rows fire once, at its spike), its parents have learned, and its
+  children learned before it: nothing it computes afterwards reaches a learning event,
+  so it stops computing.
+
+What remains is the plan Z-IL runs (:func:`pcgraph.compile.build_plan` with each edge's
+update time the spike time of its node), with the trigger, not the plan, gating every
+update: a Fa-Z-IL update costs one forward and one backward pass, like Z-IL's, and its
+numbers are Z-IL's to the bit. ``trigger: phi`` (which reads every error's history),
+``gamma != 1`` (the prediction phase never settles exactly), a prediction phase shorter than
+the height, and ``reference: true`` run the full dynamics every step.
+
 Settings:
     trigger ("wave" | "phi", "wave"): see above.
     t_d (int, 4): window of ``phi`` (and rest steps after the prediction phase's wave).
@@ -56,7 +89,7 @@ from typing import Literal
 
 import torch
 
-from ..compile import EVERY, PCKernel, State, build_full_plan, run_plan, run_reference
+from ..compile import EVERY, PCKernel, State, build_full_plan, build_plan, feedforward, run_plan, run_reference
 from ..errors import SpecError
 from ..settings import check_steps
 from .base import RULES, LearningRule, StepInfo
@@ -105,11 +138,21 @@ class TriggeredKernel(PCKernel):
         self.learners = {cg.edges[i].dst for i in range(len(cg.edges)) if cg.has_params(i)}
         self.children = {v: {cg.edges[i].dst for i, _ in cg.out_edges(v)} for v in cg.order}
         self.stats = DetectionStats()
+        #: the wave's spike time of every node it reaches (outputs 0, a node one step after
+        #: its first child): a function of the graph alone, see :func:`spike_times`
+        self.spike = spike_times(cg)
+        #: set by the rule for the event-driven wave (``fires_at[t]``: the learners whose
+        #: spike arrives at step ``t``); None: the trigger is evaluated from the values
+        self.fires_at: list[list[str]] | None = None
 
-    def begin(self, phase: str, shapes: dict[str, tuple]) -> None:
+    def begin(self, phase: str, shapes: dict[str, tuple] | None) -> None:
         self.phase = phase
         self.gate: dict[str, torch.Tensor] = {}
         dev = self.net.device
+        if self.fires_at is not None:       # the wave, event-driven: one count per learner
+            if phase == "predict":
+                self.n_expected = []
+            return
         if phase == "predict":
             self.rest = {v: torch.zeros(shapes[v], device=dev, dtype=torch.long) for v in shapes}
             self.spiked: dict[str, int] = {}
@@ -119,6 +162,9 @@ class TriggeredKernel(PCKernel):
             self.n_false = torch.zeros((), device=dev, dtype=torch.long)   # summed on the device
 
     def observe(self, t, eps, computed):
+        if self.fires_at is not None:
+            self._observe_wave(t, eps)
+            return
         cg, learning = self.cg, self.phase == "learn"
         self.gate = {}
         for v in computed:
@@ -149,20 +195,55 @@ class TriggeredKernel(PCKernel):
             if bool(fire.any()):
                 self.gate[v] = fire
 
+    def _observe_wave(self, t, eps):
+        """The wave trigger on the event-driven path (learning phase): the learners whose
+        spike arrives now fire, each with its whole error (the spike is one bit per node).
+        Statistics as :meth:`observe` counts them: a spike arrives only at ``t = depth``
+        (checked when the rule is built), so every non-zero error there is detected and
+        none is a false fire."""
+        self.gate = {}
+        if self.phase != "learn" or t >= len(self.fires_at):
+            return
+        for v in self.fires_at[t]:
+            self.gate[v] = True
+            e = eps.get(v)
+            if e is not None:       # (absent: never computed, exactly 0)
+                self.n_expected.append(torch.count_nonzero(e))
+
     def learn_signal(self, i, t, eps_c):
         fire = self.gate.get(self.cg.edges[i].dst)
         if fire is None:
             return None
-        return eps_c if fire.dim() == 0 else eps_c * fire
+        return eps_c if fire is True or fire.dim() == 0 else eps_c * fire
 
     def finish(self) -> None:
         st = self.stats
+        if self.fires_at is not None:
+            n = int(torch.stack(self.n_expected).sum()) if self.n_expected else 0
+            st.expected += n
+            st.detected += n
+            st.judged += n
+            return
         for v in self.learners:
             exp, wrong = self.expected[v], self.wrong[v]
             st.expected += int(exp.sum())
             st.detected += int((exp & self.right[v] & ~wrong).sum())
             st.judged += int((exp | wrong).sum())
         st.false_fires += int(self.n_false)
+
+
+def spike_times(cg) -> dict[str, int]:
+    """When the wave's spike reaches each node: 0 at an output, else one step after the first
+    of its children (nodes from which no output is reached are absent: never)."""
+    spike: dict[str, int] = {}
+    for v in reversed(cg.order):
+        if cg.role(v) == "output":
+            spike[v] = 0
+            continue
+        ts = [spike[c] for i, _ in cg.out_edges(v) for c in (cg.edges[i].dst,) if c in spike]
+        if ts:
+            spike[v] = 1 + min(ts)
+    return spike
 
 
 @RULES.register("fazil", "fa-z-il")
@@ -187,7 +268,39 @@ class FullyAutonomousZIL(LearningRule):
         self.height = max(height.values())
         self.predict_steps = self.height + s.t_d if s.predict_steps is None else s.predict_steps
         self.update_times = [EVERY if cg.has_params(i) else None for i in range(len(cg.edges))]
-        self.plan = build_full_plan(cg, self.update_times, self.T)
+        #: the full dynamics (every quantity, every step); ``plan`` is the event-driven one
+        #: where that applies (``event_driven``), else this same plan
+        self.full_plan = self.plan = build_full_plan(cg, self.update_times, self.T)
+        self.event_driven = self._event_plan()
+
+    def _event_plan(self) -> bool:
+        """Set up the event-driven path where it computes the same numbers as the full
+        dynamics (see "Event-driven" in the module doc); False: run the full dynamics."""
+        s, k, cg = self.settings, self.kernel, self.net.compiled
+        if s.trigger != "wave" or s.reference or s.gamma != 1 or self.predict_steps < self.height:
+            return False
+        spike = k.spike
+        times = [spike.get(cg.edges[i].dst) if cg.has_params(i) else None for i in range(len(cg.edges))]
+        if any(t is not None and t != cg.depth[cg.edges[i].dst] for i, t in enumerate(times)):
+            return False            # (an unbalanced graph: the spike is not at t = depth)
+        plan = build_plan(cg, times, c1=True)
+        for i, t in enumerate(times):
+            if t is not None and i not in plan.steps[t].updates:
+                return False        # a learner whose error is known 0 at its spike: keep the full path
+        fires_at: list[list[str]] = [[] for _ in range(plan.T + 1)]
+        for v in sorted(k.learners, key=cg.order.index):
+            if v in spike:
+                fires_at[spike[v]].append(v)
+        self.plan = plan
+        k.fires_at = fires_at
+        return True
+
+    def use_full_dynamics(self) -> None:
+        """Run the full dynamics every step even where the event-driven path applies (the
+        same numbers: for tests and ablations)."""
+        self.event_driven = False
+        self.plan = self.full_plan
+        self.kernel.fires_at = None
 
     @property
     def stats(self) -> DetectionStats:
@@ -195,6 +308,8 @@ class FullyAutonomousZIL(LearningRule):
 
     @torch.no_grad()
     def compute_grads(self, inputs, targets):
+        if self.event_driven:
+            return self._event_driven(inputs, targets)
         k, cg = self.kernel, self.net.compiled
         edges = cg.edges
         free = [v for v in cg.order if cg.role(v) != "input"]
@@ -229,11 +344,26 @@ class FullyAutonomousZIL(LearningRule):
         if self.settings.reference:
             _, _, learned = run_reference(k, self.update_times, inputs, targets, self.T, start=start)
         else:
-            learned = run_plan(k, self.plan, State(k, start, mu), targets).updates
+            learned = run_plan(k, self.full_plan, State(k, start, mu), targets).updates
         for key, group in learned.items():
             k.accumulate(updates, key, group)
         k.finish()
         self.write_grads(updates, batch)
+        return StepInfo(float(loss), outputs)
+
+    def _event_driven(self, inputs, targets):
+        """The same dynamics as :meth:`compute_grads`'s full loop, computing only the
+        quantities that can change (the module doc's "Event-driven")."""
+        k = self.kernel
+        k.begin("predict", None)
+        state = feedforward(k, inputs)            # the prediction phase's settled state
+        outputs = {o: state.mu[o] for o in self.net.compiled.graph.outputs}
+        loss = self.objective.value(outputs, targets)
+        k.begin("learn", None)
+        batch = next(iter(inputs.values())).shape[0]
+        updates = run_plan(k, self.plan, state, targets, scale=self.grad_scale(batch)).updates
+        k.finish()
+        self.write_grads(updates, batch, scaled=True)
         return StepInfo(float(loss), outputs)
 
     def get_extra_state(self):
@@ -248,5 +378,7 @@ class FullyAutonomousZIL(LearningRule):
         s = self.settings
         head = (f"rule fazil: trigger={s.trigger} t_d={s.t_d} gamma={s.gamma} prediction phase "
                 f"{self.predict_steps} steps (graph height {self.height}), learning phase t = 0..{self.T}; "
-                f"every weight row gated by its node's trigger each step (no update schedule)")
+                f"every weight row gated by its node's trigger each step (no update schedule)"
+                + ("; event-driven: only the quantities that can change are computed" if self.event_driven
+                   else "; full dynamics every step"))
         return head + "\n" + self.plan.describe(self.net.compiled)

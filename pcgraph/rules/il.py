@@ -89,11 +89,13 @@ class InferenceLearning(LearningRule):
         if s.reference:
             _, _, updates = run_reference(k, self.update_times, inputs, targets, self.T, s.init_noise,
                                           self.generator)
+            self.write_grads(updates, next(iter(inputs.values())).shape[0])
         else:
             if s.init_noise:
                 state.perturb(s.init_noise, self.generator)
-            updates = run_plan(k, self.plan, state, targets).updates
-        self.write_grads(updates, next(iter(inputs.values())).shape[0])
+            batch = next(iter(inputs.values())).shape[0]
+            updates = run_plan(k, self.plan, state, targets, scale=self.grad_scale(batch)).updates
+            self.write_grads(updates, batch, scaled=True)
         return StepInfo(float(loss), outputs)
 
     def get_extra_state(self):

@@ -1,7 +1,16 @@
-"""Torch optimizers by name: ``{name: adam, lr: 0.001, ...}`` -> ``torch.optim.Adam``."""
+"""Torch optimizers by name: ``{name: adam, lr: 0.001, ...}`` -> ``torch.optim.Adam``.
+
+``foreach: true`` (one multi-tensor kernel per group instead of a Python loop over the
+parameters) and ``fused: true`` (one fused kernel per group; CPU and CUDA, floating point) are
+torch's own implementation switches, accepted where the optimizer class has them
+(:func:`implementations`); torch picks ``foreach`` by itself on CUDA and the per-parameter
+loop on the CPU when neither is given. ``pcgraph bench SPEC --algorithms torch,torch@fused``
+measures them side by side.
+"""
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -16,9 +25,38 @@ for _name, _cls in {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "rmsprop": "
     OPTIMIZERS.add(_name, getattr(torch.optim, _cls))
 
 
+#: torch's implementation switches (booleans, or null: torch's default)
+IMPLEMENTATIONS = ("foreach", "fused")
+
+
+def implementations(name: str) -> tuple[str, ...]:
+    """Which of ``foreach`` / ``fused`` torch's optimizer ``name`` takes."""
+    sig = inspect.signature(OPTIMIZERS.get(name).__init__).parameters
+    return tuple(k for k in IMPLEMENTATIONS if k in sig)
+
+
+def _check_implementation(cls, cfg: dict, where: str) -> None:
+    sig = inspect.signature(cls.__init__).parameters
+    for key in IMPLEMENTATIONS:
+        if key not in cfg:
+            continue
+        if key not in sig:
+            have = [k for k in IMPLEMENTATIONS if k in sig]
+            has = ", ".join(n for n in OPTIMIZERS.names() if key in implementations(n))
+            raise SpecError(f"{cls.__name__} has no {key} implementation in torch {torch.__version__} "
+                            f"(it takes: {', '.join(have) or 'neither foreach nor fused'}; {key} exists for: "
+                            f"{has})", f"{where}.{key}")
+        if cfg[key] is not None and not isinstance(cfg[key], bool):
+            raise SpecError(f"expected true, false or null (torch's default), got {cfg[key]!r}", f"{where}.{key}")
+    if cfg.get("foreach") is True and cfg.get("fused") is True:
+        raise SpecError("foreach and fused are two implementations: choose one (torch refuses both true)",
+                        f"{where}.fused")
+
+
 def make_optimizer(config: dict, params, where: str = "train.optimizer") -> torch.optim.Optimizer:
     cfg = dict(config)
     cls = OPTIMIZERS.get(cfg.pop("name", None), f"{where}.name")
+    _check_implementation(cls, cfg, where)
     for key, value in cfg.items():
         values = value if isinstance(value, (list, tuple)) else [value]
         if any(isinstance(v, float) and not math.isfinite(v) for v in values):

@@ -67,6 +67,8 @@ class Experiment:
     rule_optimizer: torch.optim.Optimizer | None = None
     #: data parallel across processes (a ``pcgraph.train.distributed.DataParallel``; None: one process)
     dist: object | None = None
+    #: updates made so far: step ``k``'s dropout masks derive from it (``PCNetwork.begin_step``)
+    steps_done: int = 0
 
     @classmethod
     def build(cls, spec: Spec, device="cpu", dtype="float32", with_data: bool = True,
@@ -104,6 +106,14 @@ class Experiment:
 
     def step(self, inputs, targets) -> float:
         """One update; returns the batch's loss per sample (whatever the reduction)."""
+        self.net.begin_step(self.steps_done)     # one dropout mask per op for the whole step
+        self.steps_done += 1
+        try:
+            return self._step(inputs, targets)
+        finally:
+            self.net.begin_step(None)
+
+    def _step(self, inputs, targets) -> float:
         if self.dist is not None:       # this rank's share; gradients summed over the ranks
             return self.dist.step(self, inputs, targets)
         for opt in self.optimizers:
@@ -126,12 +136,13 @@ class Experiment:
         objective = self.rule.objective
         for inputs, targets, labels in batches.test():
             outs = self.net(inputs)
-            loss_sum += objective.per_sample(float(objective.value(outs, targets)), len(labels)) * len(labels)
+            n = batches.counted(labels)          # labelled samples (a graph's test vertices)
+            loss_sum += objective.per_sample(float(objective.value(outs, targets)), len(labels)) * n
             if not batches.regression:
                 per_output = batches.output_labels(labels)
                 for o, mu in outs.items():
                     correct[o] += int((mu.reshape(len(labels), -1).argmax(1) == per_output[o]).sum())
-            total += len(labels)
+            total += n
         if self.dist is not None:       # every rank scored its share of the test set
             loss_sum, total, *counts = self.dist.sum([loss_sum, total, *correct.values()])
             total, correct = int(round(total)), {o: int(round(c)) for o, c in zip(correct, counts)}
@@ -170,7 +181,7 @@ class Trainer:
                 "rule": self.exp.rule.state_dict(),
                 "rule_optimizer": self.exp.rule_optimizer.state_dict() if self.exp.rule_optimizer else None,
                 "batch_rng": self.exp.batches.generator.get_state(),
-                "history": self.history}
+                "history": self.history, "steps_done": self.exp.steps_done}
 
     def resume(self) -> None:
         path = self.checkpoint_path()
@@ -198,6 +209,7 @@ class Trainer:
         self.exp.batches.generator.set_state(state["batch_rng"])
         self.history = list(state.get("history", []))
         self.start_epoch = int(state["epoch"])
+        self.exp.steps_done = int(state.get("steps_done", 0))
         self.log(f"resumed from {path} after epoch {self.start_epoch}")
 
     def _check_finite(self, loss: float, epoch: int, step: int, steps: int) -> None:
@@ -276,7 +288,7 @@ class Trainer:
                     break
                 loss = exp.step(inputs, targets)
                 self._check_finite(loss, epoch, k + 1, steps)
-                size = len(labels) if exp.dist is None else exp.dist.last_batch   # the global batch
+                size = exp.batches.counted(labels) if exp.dist is None else exp.dist.last_batch   # the global batch
                 loss_sum += loss * size
                 n += size
                 if bar is not None:

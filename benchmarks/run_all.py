@@ -1,0 +1,178 @@
+"""The standard speed set: every case through ``pcgraph.bench.run_bench`` (what ``pcgraph bench``
+runs), one Markdown table, one PNG, one JSON.
+
+    python benchmarks/run_all.py [--out benchmarks/results] [--rounds 5] [--threads 1]
+        [--device cpu] [--dtype float32] [--only mlp,cnn,...] [--full]
+
+Cases: the wide MLP (graphs/mnist_mlp_wide.yaml) at batch 1, 32, 128, 1024 with torch, torch_nn,
+bp, zil, fazil and il (T = 20); the MNIST CNN; the sequential-MNIST RNN (torch_nn: the fused
+``nn.RNN``); the residual DAG; the transformer block; the Adam implementations (default
+per-parameter loop, foreach, fused) on the wide MLP; and PCX (JAX) on the MLP when ``pcx`` is
+importable (it is skipped with a note otherwise). Each cell is the median paired ratio to
+``torch`` (the spec as a plain ``nn.Module``, same optimizer) over interleaved, shuffled rounds,
+with the interquartile range. The defaults take a few minutes on a 2-core CPU; ``--full`` runs
+20 rounds of about 400 ms per method.
+
+Writes OUT/speed.md (the table, the machine, the thread count, the date), OUT/speed.png (the
+ratios with their IQR, log scale) and OUT/speed.json (every report in full).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from pcgraph import Spec  # noqa: E402
+from pcgraph.bench import BenchConfig, run_bench  # noqa: E402
+
+MLP = "graphs/mnist_mlp_wide.yaml"
+RULES = ["bp", "zil", "fazil"]
+#: (key, label, spec, batch or None, methods)
+CASES = [
+    ("mlp1", "wide MLP, batch 1", MLP, 1, ["torch", "torch_nn", *RULES, "il"]),
+    ("mlp32", "wide MLP, batch 32", MLP, 32, ["torch", "torch_nn", *RULES, "il"]),
+    ("mlp128", "wide MLP, batch 128", MLP, 128, ["torch", "torch_nn", *RULES, "il"]),
+    ("mlp1024", "wide MLP, batch 1024", MLP, 1024, ["torch", "torch_nn", *RULES, "il"]),
+    ("cnn", "MNIST CNN, batch 64", "graphs/mnist_cnn.yaml", None, ["torch", "torch_nn", *RULES]),
+    ("rnn", "seq-MNIST RNN, batch 64", "graphs/seq_mnist_rnn.yaml", None, ["torch", "torch_nn", *RULES]),
+    ("residual", "residual DAG, batch 32", "graphs/residual_mlp.yaml", None, ["torch", *RULES]),
+    ("transformer", "transformer block, batch 64", "graphs/transformer_block.yaml", None, ["torch", *RULES]),
+    ("adam", "wide MLP, batch 128: Adam loop / foreach / fused", MLP, 128,
+     ["torch", "torch@foreach", "torch@fused", "zil", "zil@foreach", "zil@fused"]),
+]
+COLUMNS = ["torch_nn", "bp", "zil", "fazil", "il", "torch@foreach", "torch@fused", "zil@foreach", "zil@fused"]
+HEADERS = {"torch_nn": "torch_nn", "il": "il (T=20)"}
+
+
+def cell(r: dict | None) -> str:
+    if r is None:
+        return ""
+    lo, hi = r["iqr"]
+    return f"{r['ratio']:.2f} ({lo:.2f}-{hi:.2f})"
+
+
+def markdown(reports: dict, machine: dict, notes: list[str], rounds: int) -> str:
+    cols = [c for c in COLUMNS if any(c in rep["results"] for rep in reports.values())]
+    lines = [f"Machine: {machine.get('gpu') or machine['cpu']} ({machine['cores']} cores), {machine['device']}, "
+             f"{machine['dtype']}, **{machine['threads']} torch thread(s)**, torch {machine['torch']}, "
+             f"{machine['date']}; {rounds} interleaved rounds, methods shuffled every round.",
+             "",
+             "Cells: median per-round paired ratio to `torch` (IQR over rounds); `torch` itself in ms per update.",
+             "",
+             "| case | torch ms | " + " | ".join(HEADERS.get(c, c) for c in cols) + " |",
+             "|---|---|" + "---|" * len(cols)]
+    for key, rep in reports.items():
+        label = next(c[1] for c in CASES if c[0] == key)
+        res = rep["results"]
+        t = res.get("torch")
+        row = [label, f"{t['ms']:.3f}" if t else ""] + [cell(res.get(c)) for c in cols]
+        lines.append("| " + " | ".join(row) + " |")
+    if notes:
+        lines.append("")
+        lines.extend(f"- {n}" for n in notes)
+    return "\n".join(lines) + "\n"
+
+
+def plot(reports: dict, path: Path, machine: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = [c for c in ["torch_nn", "bp", "zil", "fazil", "il"]
+               if any(c in rep["results"] for rep in reports.values())]
+    keys = [k for k in reports if k != "adam"]
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(keys) + 2), 4.2))
+    width = 0.8 / max(1, len(methods))
+    for j, m in enumerate(methods):
+        xs, ys, lo, hi = [], [], [], []
+        for i, k in enumerate(keys):
+            r = reports[k]["results"].get(m)
+            if r is None:
+                continue
+            xs.append(i + (j - (len(methods) - 1) / 2) * width)
+            ys.append(r["ratio"])
+            lo.append(r["ratio"] - r["iqr"][0])
+            hi.append(r["iqr"][1] - r["ratio"])
+        ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, label=HEADERS.get(m, m))
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(keys)))
+    ax.set_xticklabels([next(c[1] for c in CASES if c[0] == k).replace(", ", "\n") for k in keys], fontsize=8)
+    ax.set_ylabel("time per update / torch's (paired, median; IQR)")
+    ax.set_title(f"pcgraph bench: {machine['device']}, {machine['threads']} thread(s), {machine['date']}", fontsize=9)
+    ax.legend(fontsize=8, ncol=len(methods))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="output folder")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds per case (default 5)")
+    ap.add_argument("--target-ms", type=float, default=100.0, help="ms of torch per method and round (default 100)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--only", help="comma-separated case keys: " + ",".join(c[0] for c in CASES))
+    ap.add_argument("--full", action="store_true", help="20 rounds of about 400 ms per method")
+    args = ap.parse_args()
+    if args.full:
+        args.rounds, args.target_ms = 20, 400.0
+    torch.set_num_threads(args.threads)
+    only = set(args.only.split(",")) if args.only else None
+    if only and only - {c[0] for c in CASES}:
+        ap.error(f"unknown case(s): {', '.join(sorted(only - {c[0] for c in CASES}))}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    reports, notes, machine = {}, [], None
+    t_all = time.perf_counter()
+    for key, label, path, batch, methods in CASES:
+        if only and key not in only:
+            continue
+        t0 = time.perf_counter()
+        spec = Spec.load(ROOT / path)
+        cfg = BenchConfig(algorithms=methods, batch=batch, rounds=args.rounds, target_ms=args.target_ms,
+                          device=args.device, dtype=args.dtype, memory=False)
+        rep = run_bench(spec, cfg)
+        reports[key] = rep.to_dict()
+        machine = rep.machine
+        print(f"== {label} ({path}), {time.perf_counter() - t0:.0f} s", flush=True)
+        print(rep.format(), flush=True)
+        for tok, why in rep.errors.items():
+            notes.append(f"{label}: {tok} not timed: {why}")
+    if importlib.util.find_spec("pcx") is None:
+        notes.append("PCX (JAX) is not installed here (`pcx` is not importable): its comparison was skipped")
+    else:
+        notes.append("`pcx` is importable, but this script has no PCX model yet: skipped")
+    notes.append("`torch`: the spec as a plain nn.Module (the ops' forward under autograd, no relays); "
+                 "`torch_nn`: torch's own layers (nn.Sequential of nn.Linear/nn.Conv2d/pooling; the fused "
+                 "nn.RNN for the RNN); `@foreach`/`@fused`: Adam's multi-tensor / fused implementations "
+                 "(the default on CPU is the per-parameter loop)")
+    if machine is None:
+        print("no case ran")
+        return 1
+    md = markdown(reports, machine, notes, args.rounds)
+    (out / "speed.md").write_text(md)
+    (out / "speed.json").write_text(json.dumps({"machine": machine, "rounds": args.rounds,
+                                                "cases": reports, "notes": notes}, indent=1) + "\n")
+    plot(reports, out / "speed.png", machine)
+    print(md)
+    print(f"wrote {out / 'speed.md'}, {out / 'speed.png'}, {out / 'speed.json'} "
+          f"({time.perf_counter() - t_all:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
