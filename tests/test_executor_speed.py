@@ -180,3 +180,15 @@ def test_fazil_keeps_the_full_dynamics_where_it_must():
     for settings in ({"trigger": "phi"}, {"gamma": 0.5}, {"predict_steps": 2}, {"reference": True}):
         rule = make_rule("fazil", copy.deepcopy(net), settings)
         assert not rule.event_driven and rule.plan.full, settings
+
+
+def test_branch_free_count_equals_count_nonzero():
+    from pcgraph.rules.fazil import _count_nonzero
+    g = torch.Generator().manual_seed(0)
+    ts = [torch.relu(torch.randn(8, 4, 6, 6, generator=g)), torch.randn(5, 3, generator=g), torch.zeros(4),
+          torch.tensor([-0.0, 1e-45, float("inf"), -float("inf")]),
+          torch.tensor([0.0, 5e-324, 1e300], dtype=torch.float64)]
+    want = sum(int(torch.count_nonzero(t)) for t in ts)
+    assert _count_nonzero(ts) == want and _count_nonzero([]) == 0
+    ts.append(torch.tensor([float("nan"), 0.0, 2.0]))                # a NaN counts, as eps != 0 does
+    assert _count_nonzero(ts) == want + 2

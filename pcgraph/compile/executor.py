@@ -9,8 +9,6 @@ quantity itself comes from the kernel, so a rule that configures the kernel
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from ..ops.base import Op
@@ -18,11 +16,59 @@ from .kernel import PCKernel
 from .plan import InferencePlan
 
 
-@dataclass
 class InferenceResult:
-    values: dict[str, torch.Tensor]      # final values x_v
-    errors: dict[str, torch.Tensor]      # last computed errors eps_v
-    updates: dict                        # key -> name -> sum_b of the local updates taken
+    """``values``: final values ``x_v`` (computed on first access where a move was
+    deferred); ``errors``: last computed errors ``eps_v``; ``updates``: key -> name -> sum_b
+    of the local updates taken."""
+
+    def __init__(self, values: dict[str, torch.Tensor], errors: dict[str, torch.Tensor], updates: dict):
+        self._values = values
+        self.errors = errors
+        self.updates = updates
+
+    @property
+    def values(self) -> dict[str, torch.Tensor]:
+        if isinstance(self._values, _Values):
+            self._values = self._values.materialized()
+        return self._values
+
+    def __repr__(self) -> str:
+        return f"InferenceResult(values={sorted(self.values)}, errors={sorted(self.errors)}, updates={sorted(self.updates)})"
+
+
+class _Values(dict):
+    """Node values, some of them *deferred*: a move ``x_v <- advance(..)`` whose result no
+    quantity has read yet is computed when first read (under Z-IL a node's moved value is
+    never read: its next error is the move's ``d`` itself), so a value nobody reads costs
+    nothing. ``get`` and ``[]`` compute it; iteration sees only computed values (use
+    :meth:`materialized`)."""
+
+    __slots__ = ("pending",)
+
+    def __init__(self, *a):
+        super().__init__(*a)
+        self.pending: dict = {}
+
+    def __missing__(self, v):
+        fn_args = self.pending.pop(v, None)
+        if fn_args is None:
+            raise KeyError(v)
+        value = self[v] = fn_args[0](*fn_args[1])
+        return value
+
+    def get(self, v, default=None):
+        if v in self or v in self.pending:
+            return self[v]
+        return default
+
+    def defer(self, v, fn, args) -> None:
+        self.pop(v, None)
+        self.pending[v] = (fn, args)
+
+    def materialized(self) -> dict:
+        for v in list(self.pending):
+            self[v]
+        return dict(self)
 
 
 class State:
@@ -35,12 +81,18 @@ class State:
         self.kernel = kernel
         self.sources = [e.sources for e in cg.edges]
         self.names = [tuple(a.name for a in acts) for acts in cg.acts]
-        self.x = dict(x)
+        self.x = _Values(x)
         self.mu = dict(mu or {})
         self._f: dict[str, dict[str, torch.Tensor]] = {v: {} for v in cg.order}
 
     def set(self, v: str, value: torch.Tensor) -> None:
+        self.x.pending.pop(v, None)
         self.x[v] = value
+        self._f[v] = {}
+
+    def defer(self, v: str, fn, args) -> None:
+        """``x_v = fn(*args)``, computed when first read."""
+        self.x.defer(v, fn, args)
         self._f[v] = {}
 
     def f(self, i: int, k: int) -> torch.Tensor:
@@ -56,7 +108,7 @@ class State:
 
     def perturb(self, sigma: float, generator: torch.Generator | None) -> None:
         """Break C1: ``N(0, sigma^2)`` on every hidden value (through the kernel)."""
-        x = dict(self.x)
+        x = self.x.materialized()
         self.kernel.perturb(x, sigma, generator)
         for v, value in x.items():
             if value is not self.x[v]:
@@ -137,6 +189,9 @@ def _run(kernel, plan, state, targets, scale):
     # scaling the signal instead of the update is exact only where the VJP is the op's
     # own (linear in the signal); a kernel that overrides edge_vjp gets its updates scaled
     fold = scale is not None and type(kernel).edge_vjp is PCKernel.edge_vjp
+    # a move is computed when its value is first read, if ever (only with the kernel's own
+    # advance, which has no side effects: a rule's override runs when the plan says)
+    lazy = type(kernel).advance is PCKernel.advance
     for t, mus, eps_list, computed, vjps, advs in prog.steps:
         for c in mus:
             mu[c] = prediction(c, inputs)
@@ -182,7 +237,10 @@ def _run(kernel, plan, state, targets, scale):
         for node, own_error in advs:
             x_v, mu_v, own = x[node], mu.get(node), (eps[node] if own_error else None)
             drive = aggregate(node, messages.get(node, []))
-            vals.set(node, advance(node, x_v, mu_v, own, drive))
+            if lazy:
+                vals.defer(node, advance, (node, x_v, mu_v, own, drive))
+            else:
+                vals.set(node, advance(node, x_v, mu_v, own, drive))
             base = advanced_from(x_v, mu_v, own, drive)
             if base is None:
                 moved.pop(node, None)
@@ -190,7 +248,9 @@ def _run(kernel, plan, state, targets, scale):
                 moved[node] = (base, drive)
     if late:            # one multiply for every update not scaled on the way
         torch._foreach_mul_([g for key in late for g in acc[key].values()], scale)
-    return InferenceResult(dict(vals.x), eps, acc)
+    values = _Values(vals.x)
+    values.pending.update(vals.x.pending)
+    return InferenceResult(values, eps, acc)
 
 
 @torch.no_grad()
