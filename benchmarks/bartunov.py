@@ -93,7 +93,7 @@ def run_one(net: str, method: str, epochs: int, out: Path, sets: list[str], log)
 
     trainer.on_epoch.append(on_epoch)
     trainer.fit(epochs=epochs)
-    return history
+    return [h for h in history if h["epoch"] <= epochs]      # a run dir may hold a longer run
 
 
 def fmt(v) -> str:
