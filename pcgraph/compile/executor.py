@@ -79,8 +79,12 @@ class State:
     def __init__(self, kernel: PCKernel, x: dict[str, torch.Tensor], mu: dict[str, torch.Tensor] | None = None):
         cg = kernel.cg
         self.kernel = kernel
-        self.sources = [e.sources for e in cg.edges]
-        self.names = [tuple(a.name for a in acts) for acts in cg.acts]
+        meta = kernel.__dict__.get("_state_meta")
+        if meta is None or meta[0] is not cg:    # per graph, once: edges' sources and activations
+            meta = kernel.__dict__["_state_meta"] = (
+                cg, [e.sources for e in cg.edges], [tuple(a.name for a in acts) for acts in cg.acts],
+                [(v, cg.role(v)) for v in cg.order])
+        _, self.sources, self.names, self.roles = meta
         self.x = _Values(x)
         self.mu = dict(mu or {})
         self._f: dict[str, dict[str, torch.Tensor]] = {v: {} for v in cg.order}
@@ -123,9 +127,10 @@ def run_plan(kernel: PCKernel, plan: InferencePlan, state: State,
 
     ``scale``: when given, the updates come back multiplied by it (the rule's batch
     reduction, :meth:`pcgraph.rules.base.LearningRule.write_grads` with ``scaled=True``),
-    folded into the parameter VJPs: an op whose parameter VJP is its own computation takes
-    ``scale * signal`` (fewer numbers than its parameters: one multiply, on the smaller
-    side), any other has its update scaled in place as it comes out."""
+    folded into the parameter VJPs where a group is updated once per run and its op
+    computes its parameter VJP on its own (:meth:`PCKernel.edge_vjp_scaled`: a dense
+    ``linear`` scales inside its matrix product); the other groups (shared ones, ops with
+    one joint VJP, kernels that override ``edge_vjp``) are scaled by one multiply at the end."""
     if kernel.memo is None:
         kernel.memo = {}
     try:
@@ -158,10 +163,13 @@ class _Program:
                 # takes the scaled signal; a shared group (an unrolled RNN's) sums unscaled and
                 # is scaled once at the end
                 split = not op.uses_default_vjp and type(op).vjp is Op.vjp and contributions.get(e.key) == 1
-                n_params = sum(p.numel() for p in kernel.net.edge_params(i).values())
+                # a dense group updated several times (shared weights) stacks its
+                # contributions into one product at the end
+                if contributions.get(e.key, 0) > 1 and all(kernel.dense[j] for j in cg.param_edges[e.key]):
+                    split = "stack"
                 msgs = tuple((k, src) for k, (src, w) in enumerate(zip(e.sources, wanted)) if w)
                 vjps.append((i, e.dst, e.key, tuple(wanted), any(wanted), want_params,
-                             (False,) * len(e.sources), msgs, split, n_params))
+                             (False,) * len(e.sources), msgs, split))
             adv = [(a.node, a.own_error) for a in s.advance]
             self.steps.append((s.t, tuple(s.mu), tuple(s.eps), list(s.eps), tuple(vjps), tuple(adv)))
 
@@ -186,6 +194,9 @@ def _run(kernel, plan, state, targets, scale):
     learn_signal, edge_vjp, message = kernel.learn_signal, kernel.edge_vjp, kernel.message
     aggregate, advance, advanced_from = kernel.aggregate, kernel.advance, kernel.advanced_from
     accumulate, inputs, f = kernel.accumulate, vals.inputs, vals.f
+    edge_vjp_scaled = kernel.edge_vjp_scaled
+    stacked: dict = {}   # group -> (edge, signals, inputs): shared dense groups, one product at the end
+    stack_ok = type(kernel).accumulate is PCKernel.accumulate
     # scaling the signal instead of the update is exact only where the VJP is the op's
     # own (linear in the signal); a kernel that overrides edge_vjp gets its updates scaled
     fold = scale is not None and type(kernel).edge_vjp is PCKernel.edge_vjp
@@ -196,27 +207,30 @@ def _run(kernel, plan, state, targets, scale):
         for c in mus:
             mu[c] = prediction(c, inputs)
         for c in eps_list:
-            split = moved.get(c)       # (only hidden values move: never an output's)
-            if split is not None and (split[0] is mu[c] or torch.equal(split[0], mu[c])):
-                eps[c] = split[1]       # x_c = mu_c + d was formed from this same mu_c: eps_c = d exactly
+            mv = moved.get(c)          # (only hidden values move: never an output's)
+            if mv is not None and (mv[0] is mu[c] or torch.equal(mv[0], mu[c])):
+                eps[c] = mv[1]          # x_c = mu_c + d was formed from this same mu_c: eps_c = d exactly
             else:
                 eps[c] = error(c, x.get(c), mu[c], targets.get(c))
         observe(t, eps, computed)
         messages: dict[str, list[torch.Tensor]] = {}
-        folded: dict[str, tuple] = {}      # dst -> (signal, scale * signal): one multiply per error
-        for i, dst, key, wanted, any_wanted, want_params, nothing, msgs, split, n_params in vjps:
+        for i, dst, key, wanted, any_wanted, want_params, nothing, msgs, split in vjps:
             eps_c = eps[dst]
             us = inputs(i)
             signal = learn_signal(i, t, eps_c) if want_params else None
             gp = None
             if signal is None:
                 gin = edge_vjp(i, us, eps_c, wanted, False)[0] if any_wanted else None
-            elif fold and split and signal.numel() < n_params:
+            elif fold and split == "stack" and stack_ok:
                 gin = edge_vjp(i, us, eps_c, wanted, False)[0] if any_wanted else None
-                hit = folded.get(dst)
-                if hit is None or hit[0] is not signal:
-                    hit = folded[dst] = (signal, signal * scale)
-                gp = edge_vjp(i, us, hit[1], nothing, True)[1]
+                box = stacked.get(key)
+                if box is None:
+                    stacked[key] = (i, [signal], [us[0]])
+                else:
+                    box[1].append(signal)
+                    box[2].append(us[0])
+            elif fold and split:
+                gin, gp = edge_vjp_scaled(i, us, eps_c, signal, wanted, scale)
             else:
                 if signal is eps_c:
                     gin, gp = edge_vjp(i, us, eps_c, wanted, True)
@@ -246,6 +260,8 @@ def _run(kernel, plan, state, targets, scale):
                 moved.pop(node, None)
             else:
                 moved[node] = (base, drive)
+    for key, (i, signals, us) in stacked.items():
+        accumulate(acc, key, kernel.batched_param_vjp(i, signals, us, scale))
     if late:            # one multiply for every update not scaled on the way
         torch._foreach_mul_([g for key in late for g in acc[key].values()], scale)
     values = _Values(vals.x)
@@ -257,11 +273,9 @@ def _run(kernel, plan, state, targets, scale):
 def feedforward(kernel: PCKernel, inputs: dict[str, torch.Tensor]) -> State:
     """C1's starting state: every hidden value at its prediction (outputs are not in
     ``x``: they are clamped or free; their feed-forward prediction is in ``mu``)."""
-    cg = kernel.cg
     state = State(kernel, {})
     kernel.memo = {}      # kept for run_plan: the VJPs at the wave reuse these linearizations
-    for v in cg.order:
-        role = cg.role(v)
+    for v, role in state.roles:
         if role == "input":
             state.set(v, inputs[v])
         else:

@@ -56,6 +56,7 @@ class PCKernel:
         #: no-ops there; the reference interpreter keeps calling the op
         self.dense = [type(op) is Linear and len(op.in_shapes[0]) == 1 and len(op.out_shape) == 1
                       for op in self.cg.ops]
+        self._zeros: dict = {}
 
     # ---- per-source activations ------------------------------------------------------
     def f(self, i: int, k: int, x: Tensor) -> Tensor:
@@ -108,6 +109,48 @@ class PCKernel:
                 return hit[1](eps_c, wanted, want_params)
         return self.cg.ops[i].vjp(self.net.edge_params(i), us, eps_c, wanted, want_params)
 
+    def edge_vjp_scaled(self, i: int, us: Sequence[Tensor], eps_c: Tensor, signal: Tensor,
+                        wanted: Sequence[bool], scale: float) -> tuple[list[Tensor | None], dict[str, Tensor]]:
+        """:meth:`edge_vjp`'s input part for ``eps_c`` and its parameter part for ``signal``
+        times ``scale`` (the batch reduction folded in, so no pass over the updates scales
+        them afterwards). Used by the executor only where :meth:`edge_vjp` is this class's
+        (a VJP linear in the signal); a dense ``linear`` edge scales inside its matrix
+        product, any other op scales the smaller of its signal and its update."""
+        n = len(us)
+        if self.dense[i] and self.memo is not None:
+            p = self.net.edge_params(i)
+            gin = [eps_c.mm(p["weight"]) if wanted[0] else None]
+            zero = self._zeros.get((signal.dtype, signal.device))
+            if zero is None:
+                zero = self._zeros[signal.dtype, signal.device] = signal.new_zeros(())
+            gp = {"weight": torch.addmm(zero, signal.t(), us[0], beta=0, alpha=scale)}
+            if self.cg.ops[i].bias:
+                gp["bias"] = signal.sum(0).mul_(scale)
+            return gin, gp
+        gin = self.edge_vjp(i, us, eps_c, wanted, False)[0] if any(wanted) else [None] * n
+        if signal.numel() < sum(t.numel() for t in self.net.edge_params(i).values()):
+            return gin, self.edge_vjp(i, us, signal * scale, [False] * n, True)[1]
+        gp = self.edge_vjp(i, us, signal, [False] * n, True)[1]
+        if gp:
+            torch._foreach_mul_(list(gp.values()), scale)
+        return gin, gp
+
+    def batched_param_vjp(self, i: int, signals: Sequence[Tensor], inputs: Sequence[Tensor],
+                          scale: float) -> dict[str, Tensor]:
+        """``scale * sum_j sum_b (d op/d theta)^T signals[j]`` at ``inputs[j]`` (edge ``i``'s
+        single activated source at each), for a dense ``linear`` group updated several times
+        per run (an unrolled RNN's shared weights): one matrix product over the samples of
+        every contribution stacked, instead of one product and one sum per contribution."""
+        s = torch.cat(list(signals)) if len(signals) > 1 else signals[0]
+        u = torch.cat(list(inputs)) if len(inputs) > 1 else inputs[0]
+        zero = self._zeros.get((s.dtype, s.device))
+        if zero is None:
+            zero = self._zeros[s.dtype, s.device] = s.new_zeros(())
+        gp = {"weight": torch.addmm(zero, s.t(), u, beta=0, alpha=scale)}
+        if self.cg.ops[i].bias:
+            gp["bias"] = s.sum(0).mul_(scale)
+        return gp
+
     def message(self, i: int, k: int, g: Tensor, x: Tensor, fx: Tensor) -> Tensor:
         """The message of edge ``i`` to its source ``k``: ``f_k'(x) * g`` (``x`` the source's
         value, ``fx = f_k(x)``)."""
@@ -128,7 +171,9 @@ class PCKernel:
             return x_v + drive if self.gamma == 1 else x_v + self.gamma * drive
         if self.gamma == 1:
             return mu_v if drive is None else mu_v + drive
-        return x_v + self.gamma * ((drive if drive is not None else 0) - eps_v)
+        if drive is None:
+            return x_v.add(eps_v, alpha=-self.gamma)
+        return x_v.add(drive - eps_v, alpha=self.gamma)       # one pass for the multiply-add
 
     def advanced_from(self, x_v: Tensor, mu_v: Tensor | None, eps_v: Tensor | None,
                       drive: Tensor | None) -> Tensor | None:
