@@ -390,3 +390,9 @@ def test_the_bartunov_benchmark_writes_its_table_and_resumes(tmp_path):
     import json
     results = json.loads((tmp_path / "results.json").read_text())
     assert [h["epoch"] for h in results["mnist_fc"]["sdtp"]] == [1, 2]
+
+
+def test_an_unknown_label_lists_the_rules_and_the_specs_presets():
+    with pytest.raises(SpecError, match=r"'nope' is neither a learning rule \(.*dtp.*\) nor one of this "
+                                        r"spec's presets \(bp, zil, fa, .*ao_sdtp_alternating\)"):
+        Spec.load(GRAPHS / "bartunov_mnist_fc.yaml", algorithm="nope")

@@ -186,6 +186,11 @@ def select_algorithm(data: dict | None, label: str) -> dict:
         if "optimizer" in preset:
             train["optimizer"] = copy.deepcopy(preset["optimizer"])
         return data
+    if isinstance(presets, dict) and presets:
+        from ..rules import RULES       # (lazily: the rules import the compiler)
+        if label not in RULES:
+            raise SpecError(f"{label!r} is neither a learning rule ({', '.join(sorted(RULES.names()))}) nor "
+                            f"one of this spec's presets ({', '.join(map(str, presets))})", "--algorithm")
     current = train.get("algorithm", "bp")
     name = current.get("name") if isinstance(current, dict) else current
     if name != label:
