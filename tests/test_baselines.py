@@ -257,7 +257,7 @@ def _reference_inverse(rule, l, y, like, extra):
     pre = torch.autograd.grad(z, dummy, y, create_graph=True)[0] + group["c"]
     if extra is not None:
         pre = pre + (extra @ group["V_aux"]).reshape(like.shape)
-    return rule.act(l - 1).f(pre) if l > 1 else pre
+    return rule.act(l - 1).f(pre)
 
 
 def test_alternating_schedule_trains_one_loss_per_epoch():

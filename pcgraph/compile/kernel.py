@@ -120,13 +120,7 @@ class PCKernel:
         if self.dense[i] and self.memo is not None:
             p = self.net.edge_params(i)
             gin = [eps_c.mm(p["weight"]) if wanted[0] else None]
-            zero = self._zeros.get((signal.dtype, signal.device))
-            if zero is None:
-                zero = self._zeros[signal.dtype, signal.device] = signal.new_zeros(())
-            gp = {"weight": torch.addmm(zero, signal.t(), us[0], beta=0, alpha=scale)}
-            if self.cg.ops[i].bias:
-                gp["bias"] = signal.sum(0).mul_(scale)
-            return gin, gp
+            return gin, self._dense_update(i, signal, us[0], scale)
         gin = self.edge_vjp(i, us, eps_c, wanted, False)[0] if any(wanted) else [None] * n
         if signal.numel() < sum(t.numel() for t in self.net.edge_params(i).values()):
             return gin, self.edge_vjp(i, us, signal * scale, [False] * n, True)[1]
@@ -143,6 +137,11 @@ class PCKernel:
         every contribution stacked, instead of one product and one sum per contribution."""
         s = torch.cat(list(signals)) if len(signals) > 1 else signals[0]
         u = torch.cat(list(inputs)) if len(inputs) > 1 else inputs[0]
+        return self._dense_update(i, s, u, scale)
+
+    def _dense_update(self, i: int, s: Tensor, u: Tensor, scale: float) -> dict[str, Tensor]:
+        """A dense ``linear`` edge's ``scale * sum_b`` update for signal ``s`` at input ``u``,
+        the scale inside the matrix product (addmm's alpha, onto a cached scalar zero)."""
         zero = self._zeros.get((s.dtype, s.device))
         if zero is None:
             zero = self._zeros[s.dtype, s.device] = s.new_zeros(())

@@ -74,7 +74,7 @@ class AuxiliaryOutputSDTP(SimplifiedDTP):
         return hs[L - 1] - self.g(L, hs[L], hs[L - 1], z) + self.g(L, h_hat_L, hs[L - 1], z)
 
     def inverse_input(self, l, h_noisy):
-        y = self.forward_layer(l, h_noisy)[1]
+        y = self.forward_layer(l, h_noisy)
         return y, (self.aux(h_noisy) if l == len(self.layers) else None)
 
     def extra_inverse_grads(self, layer, delta, extra, scale):

@@ -16,7 +16,8 @@ relayed source gets exactly what it would get unrelayed. Updates stay local:
 layer learns from its own error.
 
 A configuration of the one PC kernel on Z-IL's schedule: :class:`DirectFeedbackKernel`
-records the output errors at the clamping step ``t = 0`` (``observe``) and overrides ``edge_vjp``.
+records the output errors at the clamping step ``t = 0`` (``observe``) and replaces the
+messages (:meth:`~pcgraph.rules.fa.FeedbackKernel.replaced_inputs`, FA's hook).
 Under Z-IL's conditions (the defaults) the signal of every hidden node at its wave is
 exactly DFA's. ``D_{e,k}`` are buffers, drawn uniform in ``±feedback_scale / sqrt(|e|)``
 from the rule's seed, saved with every checkpoint.
@@ -35,9 +36,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..compile import PCKernel
 from ..errors import SpecError
 from .base import RULES
+from .fa import FeedbackKernel
 from .zil import ZeroDivergenceIL
 
 
@@ -60,7 +61,7 @@ class DFASettings:
             raise SpecError(f"feedback_scale must be > 0, got {self.feedback_scale}", f"{where}.feedback_scale")
 
 
-class DirectFeedbackKernel(PCKernel):
+class DirectFeedbackKernel(FeedbackKernel):
     """PC whose hidden sources hear the outputs' errors at the clamping step (``t = 0``)
     through the rule's projections; the parameter part of every VJP stays exact."""
 
@@ -74,16 +75,14 @@ class DirectFeedbackKernel(PCKernel):
         if t == 0:
             self.e = torch.cat([eps[o].reshape(eps[o].shape[0], -1) for o in self.outputs], 1)
 
-    def edge_vjp(self, i, us, eps_c, wanted, want_params):
+    def replaced_inputs(self, i, us, eps_c, wanted):
         D = self.rule.projections(i)
-        if D is None or not any(wanted):
-            return super().edge_vjp(i, us, eps_c, wanted, want_params)
+        if D is None:
+            return None
         if self.e is None:
             raise RuntimeError("dfa: a hidden node's message was asked for before the output errors were computed")
-        gin = [(self.e @ D[k]).reshape(u.shape) if w and D[k] is not None else None
-               for k, (u, w) in enumerate(zip(us, wanted))]
-        gp = super().edge_vjp(i, us, eps_c, [False] * len(us), True)[1] if want_params else None
-        return gin, gp
+        return [(self.e @ D[k]).reshape(u.shape) if w and D[k] is not None else None
+                for k, (u, w) in enumerate(zip(us, wanted))]
 
 
 @RULES.register("dfa", "direct_feedback_alignment")

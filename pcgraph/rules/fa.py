@@ -54,18 +54,23 @@ def _buffer_name(key: str, name: str) -> str:
 
 
 class FeedbackKernel(PCKernel):
-    """PC whose messages go through ``feedback(i)`` (a parameter dict with the weights
-    replaced) where the rule gives one; the parameter part of every VJP stays exact."""
+    """PC whose messages come from :meth:`replaced_inputs` where it gives them (FA: the op's
+    input VJP through ``feedback(i)``, a parameter dict with the weights replaced; DFA
+    overrides the hook); the parameter part of every VJP stays exact."""
 
-    def __init__(self, net, objective, gamma, feedback):
+    def __init__(self, net, objective, gamma, feedback=None):
         super().__init__(net, objective, gamma)
         self.feedback = feedback         # edge index -> params dict for the input VJP, or None
 
-    def edge_vjp(self, i, us, eps_c, wanted, want_params):
+    def replaced_inputs(self, i, us, eps_c, wanted) -> list | None:
+        """Edge ``i``'s input part in place of ``(d op_e/d u_k)^T eps_c`` (None: the exact one)."""
         fb = self.feedback(i)
-        if fb is None or not any(wanted):
+        return None if fb is None else self.cg.ops[i].vjp(fb, us, eps_c, wanted, False)[0]
+
+    def edge_vjp(self, i, us, eps_c, wanted, want_params):
+        gin = self.replaced_inputs(i, us, eps_c, wanted) if any(wanted) else None
+        if gin is None:
             return super().edge_vjp(i, us, eps_c, wanted, want_params)
-        gin = self.cg.ops[i].vjp(fb, us, eps_c, wanted, False)[0]
         gp = super().edge_vjp(i, us, eps_c, [False] * len(us), True)[1] if want_params else None
         return gin, gp
 

@@ -194,11 +194,9 @@ class TargetPropagation(LearningRule):
             return torch.softmax(x.reshape(x.shape[0], -1), 1).reshape(x.shape)
         return self.act(l).f(x)
 
-    def forward_layer(self, l: int, h_prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Layer ``l``'s ``(x_l, h_l)`` from ``h_{l-1}``."""
-        layer = self.layers[l - 1]
-        x = self.net.contribution(layer.edge, [h_prev])
-        return x, self.activity(l, x)
+    def forward_layer(self, l: int, h_prev: torch.Tensor) -> torch.Tensor:
+        """``F_l``: layer ``l``'s activity ``h_l`` from ``h_{l-1}``."""
+        return self.activity(l, self.net.contribution(self.layers[l - 1].edge, [h_prev]))
 
     def inverse_params(self, layer: Layer) -> dict:
         """The edge's op parameters with its weights replaced by ``V``: its transpose."""
@@ -219,7 +217,7 @@ class TargetPropagation(LearningRule):
     def g(self, l: int, y: torch.Tensor, like: torch.Tensor, extra=None) -> torch.Tensor:
         """The learned inverse ``g_l(y) = f_{l-1}(op_l^T(y; V_l) + c_l)``."""
         pre = self.inverse_pre(l, y, like, extra)
-        return self.act(l - 1).f(pre) if l > 1 else pre
+        return self.act(l - 1).f(pre)          # (l >= 2: layer 1 has no inverse)
 
     def feedforward(self, inputs) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """``x_l`` and ``h_l`` for ``l = 0..L``."""
@@ -298,7 +296,7 @@ class TargetPropagation(LearningRule):
 
     def inverse_input(self, l: int, h_noisy: torch.Tensor) -> tuple[torch.Tensor, object]:
         """What ``g_l`` reads when layer ``l`` sees ``h_noisy``: ``F_l(h_noisy)`` (and extras)."""
-        return self.forward_layer(l, h_noisy)[1], None
+        return self.forward_layer(l, h_noisy), None
 
     def _inverse_grads(self, hs, batch) -> None:
         scale = -self.objective.scale(batch)
@@ -308,9 +306,9 @@ class TargetPropagation(LearningRule):
             h_noisy = self.corrupt(hs[l - 1])
             y, extra = self.inverse_input(l, h_noisy)
             pre = self.inverse_pre(l, y, hs[l - 1], extra)
-            rec = self.act(l - 1).f(pre) if l > 1 else pre
+            rec = self.act(l - 1).f(pre)
             goal = h_noisy if self.inverse_loss == "noise_preserving" else hs[l - 1]
-            delta = self.act(l - 1).backward(pre, rec, goal - rec) if l > 1 else goal - rec
+            delta = self.act(l - 1).backward(pre, rec, goal - rec)
             grads = ops[layer.edge].vjp_params(self.inverse_params(layer), [delta], y)
             group = self.inv[layer.key]
             for n in self.weight_names(layer):
