@@ -129,7 +129,7 @@ def plot(results: dict, path: Path) -> None:
         for k, (method, hist) in enumerate(results[net].items()):
             if not hist:
                 continue
-            colour = f"C{k % 10}"
+            colour = plt.get_cmap("tab20")(k % 20)      # 11 methods: more than C0-C9
             ep = [h["epoch"] for h in hist]
             ax.plot(ep, [h["test_error"] for h in hist], "-", color=colour, label=method)
             ax.plot(ep, [h["train_error"] for h in hist], "--", color=colour, alpha=0.6)
