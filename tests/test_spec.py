@@ -317,18 +317,40 @@ def cycle_dict(edges: list[tuple[str, str]], nodes=("x", "a", "b", "y")) -> dict
     return d
 
 
-def test_cycle_is_named():
-    err = spec_error(cycle_dict([("x", "a"), ("a", "b"), ("b", "a"), ("b", "y")]))
-    assert isinstance(err, GraphError)
+def rule_error(d: dict, algorithm: str = "zil") -> PCGraphError:
+    """A cyclic graph is a valid spec; a rule that needs an order refuses it when built."""
+    from pcgraph.errors import CompileError
+    from pcgraph.train import Experiment
+
+    d = {**d, "train": {**d.get("train", {}), "algorithm": algorithm}}
+    spec = Spec.from_dict(d)
+    with pytest.raises(CompileError) as info:
+        Experiment.build(spec, with_data=False)
+    return info.value
+
+
+@pytest.mark.parametrize("algorithm", ["bp", "zil", "fazil", "fa", "dfa", "tp", "dtp", "sdtp", "ao_sdtp"])
+def test_cycle_is_named_by_the_rules_that_need_an_order(algorithm):
+    err = rule_error(cycle_dict([("x", "a"), ("a", "b"), ("b", "a"), ("b", "y")]), algorithm)
     msg = assert_one_line(err)
-    assert "a -> b -> a" in msg
-    assert err.where == "model.edges"
+    assert "a -> b -> a" in msg and repr(algorithm) in msg and "il, pc, ipc" in msg
+    assert err.where == "model.edges[2]"          # the edge that closes the cycle
+
+
+@pytest.mark.parametrize("algorithm", ["il", "pc", "ipc"])
+def test_cycle_is_accepted_by_the_energy_based_rules(algorithm):
+    from pcgraph.train import Experiment
+
+    d = cycle_dict([("x", "a"), ("a", "b"), ("b", "a"), ("b", "y")])
+    d["train"] = {**d["train"], "algorithm": algorithm}
+    exp = Experiment.build(Spec.from_dict(d), with_data=False)
+    assert not exp.compiled.ordered and exp.compiled.cycle == ["a", "b", "a"]
 
 
 def test_longer_cycle_is_named():
     d = cycle_dict([("x", "a"), ("a", "b"), ("b", "c"), ("c", "a"), ("c", "y")],
                    nodes=("x", "a", "b", "c", "y"))
-    msg = str(spec_error(d))
+    msg = str(rule_error(d))
     assert "a -> b -> c -> a" in msg
 
 
@@ -340,8 +362,8 @@ def test_self_loop():
 
 def test_cycle_with_an_exit_edge_declared_first():
     # b -> y is declared before b -> a, so the cycle search walks a -> b -> y (a sink).
-    err = spec_error(cycle_dict([("x", "a"), ("a", "b"), ("b", "y"), ("b", "a")]))
-    assert "a -> b -> a" in str(err)
+    err = rule_error(cycle_dict([("x", "a"), ("a", "b"), ("b", "y"), ("b", "a")]))
+    assert "a -> b -> a" in str(err) and err.where == "model.edges[3]"
 
 
 def test_shape_mismatch_shows_both_shapes():
@@ -578,8 +600,15 @@ def test_file_location_cycle(tmp_path):
             - {from: b, to: a}
             - {from: b, to: y}
         """)
-    err, path = file_error(tmp_path, text)
-    assert str(err).startswith(f"{path}:7:3: model.edges: the graph has a cycle: a -> b -> a")
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    spec = Spec.load(path)                      # a valid graph: only the order-needing rules refuse it
+    from pcgraph.train import Experiment
+
+    with pytest.raises(PCGraphError) as info:
+        Experiment.build(spec, with_data=False)    # (bp, the default rule)
+    assert str(info.value).startswith(f"{path}:10:7: model.edges[2]: rule 'bp' needs a feed-forward order, "
+                                      "but the graph has a cycle: a -> b -> a")
 
 
 def test_file_location_shared_param(tmp_path):

@@ -24,21 +24,27 @@ from ..ops.activations import Activation
 from ..ops.base import Op
 
 
-def derived_nodes(graph: PCGraph) -> set[str]:
-    """Hidden nodes that are functions of the inputs alone: every in-edge is parameter-free
-    and reads only inputs or other derived nodes (``select`` of a sequence, ``flatten`` of an
-    image). Their value is data: no update reads anything but their feed-forward value and
-    none of their errors reaches a parameter, so the programs keep them clamped there, like
-    inputs (compiled role ``derived``): they need no relays and never move."""
+def derived_nodes(graph: PCGraph, clamped: set[str] | None = None) -> set[str]:
+    """Hidden nodes that are functions of the clamped nodes alone (default: the inputs): every
+    in-edge is parameter-free and reads only clamped or other derived nodes (``select`` of a
+    sequence, ``flatten`` of an image). Their value is data: no update reads anything but their
+    feed-forward value and none of their errors reaches a parameter, so the programs keep them
+    clamped there, like inputs (compiled role ``derived``): they need no relays and never move."""
+    if clamped is None:
+        clamped = set(graph.inputs)
     out: set[str] = set()
-    for n in graph.topological_order():
-        node = graph.nodes[n]
-        if node.role != "hidden":
-            continue
-        ins = graph.in_edges(n)
-        if ins and all(not graph.make_op(e).param_shapes()
-                       and all(graph.nodes[s].role == "input" or s in out for s in e.sources) for e in ins):
-            out.add(n)
+    free = [n for n in graph.nodes if n not in clamped and graph.nodes[n].role != "output"]
+    ins = {n: graph.in_edges(n) for n in free}
+    changed = True
+    while changed:                       # a fixpoint: also on graphs with cycles
+        changed = False
+        for n in free:
+            if n in out or not ins[n]:
+                continue
+            if all(not graph.make_op(e).param_shapes() and all(s in clamped or s in out for s in e.sources)
+                   for e in ins[n]):
+                out.add(n)
+                changed = True
     return out
 
 
@@ -104,6 +110,32 @@ class CompiledGraph:
     param_edges: dict[str, list[int]] = field(default_factory=dict)
     #: hidden nodes that are functions of the inputs alone (compiled role ``derived``)
     derived: set[str] = field(default_factory=set)
+    #: nodes clamped while training (None: by role, inputs to data and outputs to targets)
+    clamped: tuple[str, ...] | None = None
+    #: a directed cycle of the graph (``[a, b, .., a]``), None for a DAG
+    cycle: list[str] | None = None
+
+    @property
+    def ordered(self) -> bool:
+        """Whether the graph has a feed-forward order with role clamping: an acyclic graph from
+        inputs to outputs (relays balanced, ``depth`` and ``levels`` filled). The rules that
+        need an order (bp, zil, fazil, fa, dfa, the TP family) run only on such graphs; the
+        energy-based ones (il, pc, ipc) run on any."""
+        return self.cycle is None and bool(self.levels)
+
+    def require_order(self, rule: str) -> None:
+        """Raise a located :class:`CompileError` when rule ``rule`` cannot run on this graph."""
+        if self.ordered:
+            return
+        energy = "il, pc, ipc and their presets"
+        if self.cycle is not None:
+            i = self.source.cycle_edge(self.cycle)
+            raise CompileError(f"rule {rule!r} needs a feed-forward order, but the graph has a cycle: "
+                               f"{' -> '.join(self.cycle)} (the energy-based rules accept cycles: {energy})",
+                               self.source.where_edge(self.source.edges[i]))
+        raise CompileError(f"rule {rule!r} needs inputs clamped to data and outputs clamped to targets, "
+                           f"but this graph is clamped by its 'clamp:' section ({', '.join(self.clamped or ())}); "
+                           f"use an energy-based rule ({energy})", "clamp")
 
     def __post_init__(self):
         g = self.graph
@@ -123,6 +155,10 @@ class CompiledGraph:
     @property
     def n_relays(self) -> int:
         return sum(1 for v in self.graph.nodes.values() if v.kind == "relay")
+
+    def priors(self) -> dict[str, float]:
+        """``lambda`` of each root's Gaussian prior (nodes declared with ``prior:``)."""
+        return {n: v.prior for n, v in self.graph.nodes.items() if v.prior}
 
     def in_edges(self, v: str) -> list[int]:
         return self._in[v]
@@ -146,13 +182,17 @@ class CompiledGraph:
         ``depth`` on every value node and ``update_step`` (Z-IL's ``t = depth(dst)``) on
         every factor node."""
         for n in self.graph.nodes.values():
-            n.meta["depth"] = self.depth[n.name]
+            if n.name in self.depth:
+                n.meta["depth"] = self.depth[n.name]
         for e in self.graph.edges:
-            e.meta["update_step"] = self.depth[e.dst]
+            if e.dst in self.depth:
+                e.meta["update_step"] = self.depth[e.dst]
         return self.graph.to_networkx()
 
     def describe(self) -> str:
         g = self.graph
+        if not self.ordered:
+            return self._describe_order_free()
         lines = [f"compiled graph: {len(g.nodes)} nodes ({self.n_relays} relays), {len(g.edges)} edges, "
                  f"depth {len(self.levels) - 1}"]
         lines.append("  forward order: " + " ".join(self.order))
@@ -170,12 +210,73 @@ class CompiledGraph:
             lines.append("  (* = relay value node inserted to balance path lengths; no parameters)")
         return "\n".join(lines)
 
+    def _describe_order_free(self) -> str:
+        g = self.graph
+        why = (f"a directed cycle ({' -> '.join(self.cycle)})" if self.cycle is not None else
+               f"clamped by its clamp section ({', '.join(self.clamped or ())})")
+        lines = [f"compiled graph (order-free: {why}): {len(g.nodes)} nodes, {len(g.edges)} edges; "
+                 "energy-based rules only"]
+        clamped = set(self.clamped) if self.clamped is not None else set(g.inputs) | set(g.outputs)
+        for n in g.nodes:
+            tag = "clamped" if n in clamped else ("derived" if n in self.derived else "free")
+            root = "" if g.in_edges(n) else " (root)"
+            lines.append(f"  node {n}: {list(g.nodes[n].shape or [])} {tag}{root}")
+        for i, e in enumerate(g.edges):
+            op = self.ops[i]
+            params = f" params={e.key}" if op.param_shapes() else ""
+            f = ",".join(dict.fromkeys(a.name for a in self.acts[i]))
+            lines.append(f"    {e.label}: {op!r} f={f}{params}")
+        return "\n".join(lines)
 
-def compile_graph(graph: PCGraph, loss: str | dict = "mse", balance_paths: bool = True) -> CompiledGraph:
+
+def _resolved(g: PCGraph, loss) -> tuple[list, list, dict]:
+    ops = [g.make_op(e) for e in g.edges]
+    acts = [tuple(get_activation(a) for a in e.activations) for e in g.edges]
+    losses = {o: get_loss(loss if isinstance(loss, str) else loss[o], "loss") for o in g.outputs}
+    return ops, acts, losses
+
+
+def _order_free(g: PCGraph) -> list[str]:
+    """An evaluation order for a graph that may have cycles: topological where it can be,
+    the remaining nodes in declaration order (only the energy-based engine reads it, and
+    the energy it descends does not depend on any order)."""
+    if g.find_cycle() is None:
+        return g.topological_order()
+    indeg = {n: 0 for n in g.nodes}
+    for e in g.edges:
+        indeg[e.dst] += len(e.sources)
+    order, placed = [], set()
+    while len(order) < len(g.nodes):
+        ready = [n for n in g.nodes if n not in placed and indeg[n] == 0]
+        n = ready[0] if ready else next(n for n in g.nodes if n not in placed)
+        order.append(n)
+        placed.add(n)
+        for e in g.out_edges(n):
+            indeg[e.dst] -= e.sources.count(n)
+    return order
+
+
+def compile_graph(graph: PCGraph, loss: str | dict = "mse", balance_paths: bool = True,
+                  clamped=None) -> CompiledGraph:
     """Lint, balance (unless ``balance_paths=False``: then a node's depth is its *longest*
     distance, which is not exact for Z-IL on graphs with skips; for demonstrations) and
-    resolve every op, activation and loss."""
-    graph.lint()
+    resolve every op, activation and loss.
+
+    ``clamped``: the nodes a spec's ``clamp:`` section clamps while training (None: by role).
+    A graph with a directed cycle, or clamped other than by its roles, compiles *order-free*:
+    no relays, no depths, ``order`` a best-effort evaluation order; only the energy-based
+    rules run it (:meth:`CompiledGraph.require_order`)."""
+    graph.lint(clamped)
+    cycle = graph.find_cycle()
+    by_role = set(graph.inputs) | set(graph.outputs)
+    if cycle is not None or (clamped is not None and set(clamped) != by_role) or not graph.inputs \
+            or not graph.outputs:
+        g = graph.copy()
+        clamp_set = set(clamped) if clamped is not None else set(graph.inputs) | set(graph.outputs)
+        derived = derived_nodes(g, clamp_set)
+        ops, acts, losses = _resolved(g, loss)
+        return CompiledGraph(graph, g, _order_free(g), {}, [], ops, acts, losses, derived=derived,
+                             clamped=tuple(clamped) if clamped is not None else None, cycle=cycle)
     derived = derived_nodes(graph)
     g = balance(graph, derived) if balance_paths else graph.copy()
     dist = g.distances_to_outputs()
@@ -187,7 +288,6 @@ def compile_graph(graph: PCGraph, loss: str | dict = "mse", balance_paths: bool 
     levels: list[list[str]] = [[] for _ in range(max(depth.values()) + 1)]
     for n in order:
         levels[depth[n]].append(n)
-    ops = [g.make_op(e) for e in g.edges]
-    acts = [tuple(get_activation(a) for a in e.activations) for e in g.edges]
-    losses = {o: get_loss(loss if isinstance(loss, str) else loss[o], "loss") for o in g.outputs}
-    return CompiledGraph(graph, g, order, depth, levels, ops, acts, losses, derived=derived)
+    ops, acts, losses = _resolved(g, loss)
+    return CompiledGraph(graph, g, order, depth, levels, ops, acts, losses, derived=derived,
+                         clamped=tuple(clamped) if clamped is not None else None)

@@ -95,18 +95,22 @@ class ParamRef:
 
 
 ACTIVATION_MODULES = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid", nn.LeakyReLU: "leaky_relu",
-                      nn.Softplus: "softplus", nn.ELU: "elu", nn.Identity: "identity"}
+                      nn.Softplus: "softplus", nn.ELU: "elu", nn.Identity: "identity", nn.GELU: "gelu",
+                      nn.SiLU: "silu"}
 ACTIVATION_FUNCTIONS = {F.relu: "relu", torch.relu: "relu", torch.tanh: "tanh", F.tanh: "tanh",
                         torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid", F.leaky_relu: "leaky_relu",
                         F.softplus: "softplus", F.elu: "elu", torch.nn.functional.relu_: "relu",
-                        torch.relu_: "relu"}
+                        torch.relu_: "relu", F.gelu: "gelu", F.silu: "silu"}
+#: GELU's ``approximate`` setting -> pcgraph's activation
+GELU_APPROXIMATE = {"none": "gelu", "tanh": "gelu_tanh"}
 ACTIVATION_METHODS = {"relu": "relu", "relu_": "relu", "tanh": "tanh", "tanh_": "tanh", "sigmoid": "sigmoid",
                       "sigmoid_": "sigmoid"}
 PASS_METHODS = ("contiguous", "clone")
 
 SUPPORTED = ("Linear, Conv2d, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d (evenly dividing), Flatten, Unflatten, "
              "LayerNorm, MultiheadAttention (batch_first), Dropout (p=0 or eval), Identity, ReLU, Tanh, Sigmoid, "
-             "LeakyReLU (slope 0.01), Softplus (beta 1), ELU (alpha 1); functions and methods: the same "
+             "LeakyReLU (slope 0.01), Softplus (beta 1), ELU (alpha 1), GELU (approximate none or tanh), SiLU; "
+             "functions and methods: the same "
              "activations, flatten/view/reshape keeping the batch axis, +, *, torch.cat, F.max_pool2d, "
              "F.avg_pool2d, F.linear, F.conv2d and F.layer_norm (with the module's parameters)")
 
@@ -359,6 +363,8 @@ class FxImporter:
                 raise self.error(n, "is a subclass of a supported activation module; only the module itself "
                                     "is supported")
             self._check_activation_settings(n, act, m)
+            if act == "gelu":
+                act = self._gelu(n, m.approximate)
             return self.activate(n, n.args[0], act)
         if isinstance(m, nn.Dropout) and type(m) is nn.Dropout:
             if m.p != 0 and m.training:
@@ -448,6 +454,11 @@ class FxImporter:
         if act == "elu" and alpha is not None and alpha != 1:
             raise self.error(n, f"elu with alpha={alpha} is not supported (pcgraph's alpha is 1)")
 
+    def _gelu(self, n, approximate) -> str:
+        if approximate not in GELU_APPROXIMATE:
+            raise self.error(n, f"gelu with approximate={approximate!r} is not supported (none or tanh)")
+        return GELU_APPROXIMATE[approximate]
+
     def pool(self, n, src, op, kernel, stride, padding, dilation=1, count_include_pad=True):
         view = self.as_act(src).view
         if len(view) != 3:
@@ -522,6 +533,8 @@ class FxImporter:
             if act == "softplus":
                 self._check_activation_settings(n, act, beta=n.args[1] if len(n.args) > 1 else kw.get("beta", 1),
                                                 threshold=n.args[2] if len(n.args) > 2 else kw.get("threshold", 20))
+            if act == "gelu":
+                act = self._gelu(n, n.args[1] if len(n.args) > 1 else kw.get("approximate", "none"))
             return self.activate(n, n.args[0], act)
         if t is operator.getitem:
             base = self.values.get(n.args[0])

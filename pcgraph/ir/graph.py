@@ -33,6 +33,8 @@ class ValueNode:
     shape: tuple[int, ...] | None = None
     role: str = "hidden"
     kind: str = "value"
+    #: weight ``lambda`` of a Gaussian prior energy ``lambda/2 ||x||^2`` on a free root (a latent)
+    prior: float | None = None
     meta: dict = field(default_factory=dict, compare=False, repr=False)
 
     def to_dict(self) -> dict:
@@ -43,6 +45,8 @@ class ValueNode:
             d["role"] = self.role
         if self.kind != "value":
             d["kind"] = self.kind
+        if self.prior is not None:
+            d["prior"] = self.prior
         return d
 
 
@@ -158,6 +162,12 @@ class PCGraph:
             raise SpecError(f"duplicate node name {node.name!r}", f"{where}.name")
         if node.role not in ROLES:
             raise SpecError(f"unknown role {node.role!r} (known: {', '.join(ROLES)})", f"{where}.role")
+        if node.prior is not None:
+            p = node.prior
+            if isinstance(p, bool) or not isinstance(p, (int, float)) or not (0 <= p < float("inf")):
+                raise SpecError(f"prior must be a finite number >= 0 (the weight of a Gaussian prior), got {p!r}",
+                                f"{where}.prior")
+            node.prior = float(p)
         if node.shape is not None:
             shape = node.shape
             if isinstance(shape, int):
@@ -257,6 +267,64 @@ class PCGraph:
                              "(a PC graph must be acyclic; unroll recurrences over time)", "model.edges")
         return order
 
+    def find_cycle(self) -> list[str] | None:
+        """One directed cycle as ``[a, b, .., a]``, or None for a DAG."""
+        indeg = {n: 0 for n in self.nodes}
+        outs: dict[str, list[str]] = {n: [] for n in self.nodes}
+        for e in self.edges:
+            if e.dst not in indeg:
+                continue
+            for s in e.sources:
+                if s in outs:
+                    indeg[e.dst] += 1
+                    outs[s].append(e.dst)
+        ready = [n for n in self.nodes if indeg[n] == 0]
+        done = 0
+        while ready:
+            n = ready.pop()
+            done += 1
+            for c in outs[n]:
+                indeg[c] -= 1
+                if indeg[c] == 0:
+                    ready.append(c)
+        if done == len(self.nodes):
+            return None
+        return self._find_cycle({n for n, d in indeg.items() if d > 0})
+
+    def cycle_edge(self, cycle: list[str]) -> int:
+        """Index of the edge that closes ``cycle`` (its last arc), for locating errors."""
+        a, b = cycle[-2], cycle[-1]
+        return next(i for i, e in enumerate(self.edges) if e.dst == b and a in e.sources)
+
+    def _reaching(self, targets: set[str]) -> set[str]:
+        """Nodes with a directed path to one of ``targets`` (targets included); cycles allowed."""
+        preds: dict[str, set[str]] = {n: set() for n in self.nodes}
+        for e in self.edges:
+            for s in e.sources:
+                preds.setdefault(e.dst, set()).add(s)
+        seen, stack = set(targets), list(targets)
+        while stack:
+            for p in preds.get(stack.pop(), ()):
+                if p not in seen:
+                    seen.add(p)
+                    stack.append(p)
+        return seen
+
+    def _connected(self, seeds: set[str]) -> set[str]:
+        """Nodes joined to ``seeds`` by edges in either direction."""
+        nbr: dict[str, set[str]] = {n: set() for n in self.nodes}
+        for e in self.edges:
+            for s in e.sources:
+                nbr[s].add(e.dst)
+                nbr[e.dst].add(s)
+        seen, stack = set(seeds), list(seeds)
+        while stack:
+            for p in nbr.get(stack.pop(), ()):
+                if p not in seen:
+                    seen.add(p)
+                    stack.append(p)
+        return seen
+
     def _find_cycle(self, candidates: set[str]) -> list[str]:
         """Every node Kahn could not order has a predecessor that it could not order either,
         so walking predecessors from any of them must come back to a node on a cycle."""
@@ -288,8 +356,15 @@ class PCGraph:
         return dist
 
     # ---- validation -----------------------------------------------------------------
-    def lint(self) -> None:
-        """Check every invariant of a trainable PC graph; raise a located GraphError."""
+    def lint(self, clamped: Iterable[str] | None = None) -> None:
+        """Check every invariant of a trainable PC graph; raise a located GraphError.
+
+        ``clamped``: the nodes a spec's ``clamp:`` section clamps while training (energy-based
+        specs: a label at the top of a generative net, an image inside a cyclic graph). Without
+        it clamping follows the roles (inputs to data, outputs to targets) and the graph needs
+        both; with it, roles only constrain edges and free roots (latents) are allowed.
+        Directed cycles are accepted here: the rules that need a feed-forward order refuse
+        them when they are built (:meth:`find_cycle` names one)."""
         names = list(self.nodes)
         for i, e in enumerate(self.edges):
             ends = [(s, "from" if len(e.sources) == 1 else f"from[{k}]") for k, s in enumerate(e.sources)]
@@ -298,7 +373,8 @@ class PCGraph:
                     raise GraphError(f"edge end {end!r} is not a node (known: {', '.join(names)})",
                                      self._at(i, attr))
             if e.dst in e.sources:
-                raise GraphError(f"self-loop on {e.dst!r} (a PC graph must be acyclic)", self._at(i))
+                raise GraphError(f"self-loop on {e.dst!r} (a node cannot predict itself; route the "
+                                 "recurrence through a second node, or unroll it over time)", self._at(i))
         seen: dict[str, int] = {}
         for i, e in enumerate(self.edges):
             e.meta.pop("auto_key", None)
@@ -314,9 +390,14 @@ class PCGraph:
                                  "its own 'param' name, or route one through an intermediate node",
                                  self._at(i))
             seen[e.key] = i
-        if not self.inputs:
+        explicit = clamped is not None
+        clamped = set(clamped or ())
+        if explicit and not clamped:
+            raise GraphError("the clamp section clamps no node (name at least one node and the data "
+                             "field it is clamped to, e.g. {image: image})", "clamp")
+        if not explicit and not self.inputs:
             raise GraphError("the graph has no input node (give one node role: input)", "model.nodes")
-        if not self.outputs:
+        if not explicit and not self.outputs:
             raise GraphError("the graph has no output node (give one node role: output)", "model.nodes")
         for i, e in enumerate(self.edges):
             if self.nodes[e.dst].role == "input":
@@ -328,22 +409,36 @@ class PCGraph:
                                      "target while learning and must not feed other nodes "
                                      "(add a hidden node before it and take the branch from there)",
                                      self._at(i, "from"))
-        self.topological_order()  # raises on cycles
         for n, v in self.nodes.items():
-            if v.role != "input" and not self.in_edges(n):
-                raise GraphError(f"node {n!r} has no incoming edge (only inputs may be sources)",
-                                 self.where_node(n))
-        dist = self.distances_to_outputs()
-        for n, v in self.nodes.items():
-            if n not in dist:
-                raise GraphError(f"node {n!r} reaches no output, so no error ever reaches it "
-                                 "(connect it to an output or remove it)", self.where_node(n))
+            if v.prior is not None and self.in_edges(n):
+                raise GraphError(f"node {n!r} has a prior but also incoming edges; a prior is the energy of "
+                                 "a root (a latent with no parents)", self.where_node(n) + ".prior")
+        if explicit:
+            # every node must touch the energy of a clamped node through some path (either way)
+            near = self._connected(clamped)
+            for n in self.nodes:
+                if n not in near:
+                    raise GraphError(f"node {n!r} is not connected to any clamped node "
+                                     f"({', '.join(sorted(clamped))}), so nothing it does changes the "
+                                     "energy; connect it or remove it", self.where_node(n))
+        else:
+            for n, v in self.nodes.items():
+                if v.role != "input" and not self.in_edges(n):
+                    raise GraphError(f"node {n!r} has no incoming edge (only inputs may be sources; "
+                                     "a free latent root needs a spec 'clamp:' section)", self.where_node(n))
+            reach = self._reaching(set(self.outputs))
+            for n in self.nodes:
+                if n not in reach:
+                    raise GraphError(f"node {n!r} reaches no output, so no error ever reaches it "
+                                     "(connect it to an output or remove it)", self.where_node(n))
         self.infer_shapes()
         self._check_shared_params()
 
     def infer_shapes(self) -> None:
-        """Fill in omitted shapes from ops that imply them; check every edge's shapes."""
-        for n in self.topological_order():
+        """Fill in omitted shapes from ops that imply them; check every edge's shapes (in
+        topological order; on a cyclic graph, in declaration order, shapes on a cycle given)."""
+        order = self.topological_order() if self.find_cycle() is None else list(self.nodes)
+        for n in order:
             node = self.nodes[n]
             for e in self.in_edges(n):
                 where = self.where_edge(e)

@@ -31,6 +31,7 @@ def to_networkx(graph):
     g = nx.DiGraph()
     for n in graph.nodes.values():
         g.add_node(n.name, shape=list(n.shape) if n.shape else None, role=n.role, kind=n.kind,
+                   **({"prior": n.prior} if n.prior is not None else {}),
                    **{k: v for k, v in n.meta.items() if isinstance(v, SCALARS)})
     for i, e in enumerate(graph.edges):
         f = f"{e.label}#{i}"
@@ -56,7 +57,7 @@ def from_networkx(cls, g):
     for name, attrs in g.nodes(data=True):
         if not _is_factor(attrs):
             graph.add_node(ValueNode(str(name), attrs.get("shape"), attrs.get("role", "hidden"),
-                                     attrs.get("kind", "value")))
+                                     attrs.get("kind", "value"), attrs.get("prior")))
     factors = [(n, a) for n, a in g.nodes(data=True) if _is_factor(a)]
     if factors:
         for f, a in sorted(factors, key=lambda t: t[1].get("index", 0)):

@@ -8,6 +8,8 @@ computed from the model's own equations.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..registry import Registry
@@ -145,6 +147,70 @@ class ELU(Activation):
 
     def df(self, x, fx):
         return torch.where(x > 0, torch.ones_like(x), fx + 1)
+
+
+_SQRT_HALF = 0.5 ** 0.5                      # 1/sqrt(2)
+_INV_SQRT_2PI = (2 * math.pi) ** -0.5        # 1/sqrt(2 pi)
+_SQRT_2_OVER_PI = (2 / math.pi) ** 0.5       # sqrt(2/pi)
+_GELU_CUBIC = 0.044715
+
+
+@ACTIVATIONS.register("gelu")
+class GELU(Activation):
+    """Exact GELU (torch's ``approximate='none'``): ``f(x) = x Phi(x)`` with the standard normal
+    CDF ``Phi(x) = (1 + erf(x / sqrt 2)) / 2``; ``f'(x) = Phi(x) + x phi(x)``,
+    ``phi(x) = exp(-x^2 / 2) / sqrt(2 pi)``."""
+
+    name = "gelu"
+
+    def f(self, x):
+        return torch.nn.functional.gelu(x)
+
+    def df(self, x, fx):
+        cdf = 0.5 * (1 + torch.erf(x * _SQRT_HALF))
+        pdf = torch.exp(-0.5 * x * x) * _INV_SQRT_2PI
+        return cdf + x * pdf
+
+    def backward(self, x, fx, g):
+        return torch.ops.aten.gelu_backward(g, x, approximate="none")
+
+
+@ACTIVATIONS.register("gelu_tanh")
+class GELUTanh(Activation):
+    """GELU's tanh approximation (torch's ``approximate='tanh'``):
+    ``f(x) = x (1 + tanh u) / 2`` with ``u = sqrt(2/pi) (x + 0.044715 x^3)``;
+    ``f'(x) = (1 + tanh u) / 2 + x (1 - tanh^2 u) sqrt(2/pi) (1 + 3 * 0.044715 x^2) / 2``."""
+
+    name = "gelu_tanh"
+
+    def f(self, x):
+        return torch.nn.functional.gelu(x, approximate="tanh")
+
+    def df(self, x, fx):
+        t = torch.tanh(_SQRT_2_OVER_PI * (x + _GELU_CUBIC * x * x * x))
+        du = _SQRT_2_OVER_PI * (1 + 3 * _GELU_CUBIC * x * x)
+        return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * du
+
+    def backward(self, x, fx, g):
+        return torch.ops.aten.gelu_backward(g, x, approximate="tanh")
+
+
+@ACTIVATIONS.register("silu", "swish")
+class SiLU(Activation):
+    """SiLU / swish: ``f(x) = x sigmoid(x)``; with ``s = sigmoid(x)``,
+    ``f'(x) = s (1 + x (1 - s)) = s + f(x) (1 - s)``."""
+
+    name = "silu"
+
+    def f(self, x):
+        return torch.nn.functional.silu(x)
+
+    def df(self, x, fx):
+        s = torch.sigmoid(x)
+        return s * (1 + x * (1 - s))
+
+    def backward(self, x, fx, g):
+        return torch.ops.aten.silu_backward(g, x)
 
 
 def get_activation(name: str, where: str | None = None) -> Activation:

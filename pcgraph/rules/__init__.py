@@ -1,6 +1,6 @@
 """Learning rules, one per file, resolved by name through :data:`RULES`."""
 
-from . import ao_sdtp, bp, dfa, dtp, fa, fazil, il, sdtp, tp, zil  # noqa: F401  (registration)
+from . import ao_sdtp, bp, dfa, dtp, fa, fazil, il, pc, sdtp, tp, zil  # noqa: F401  (registration)
 from .base import RULES, LearningRule, StepInfo
 
 

@@ -44,6 +44,9 @@ class NoSettings:
 class LearningRule(nn.Module):
     name: ClassVar[str] = ""
     Settings: ClassVar[type] = NoSettings
+    #: the rule needs a feed-forward order (an acyclic graph clamped by its roles); the
+    #: energy-based rules (il, pc, ipc) run on any graph
+    needs_order: ClassVar[bool] = True
 
     def __init__(self, net: PCNetwork, settings=None, seed: int = 0, reduction: str = "mean"):
         super().__init__()
@@ -51,6 +54,20 @@ class LearningRule(nn.Module):
         self.settings = settings if settings is not None else self.Settings()
         self.seed = seed
         self.objective = net.compiled.objective(reduction)
+        if self.needs_order:
+            net.compiled.require_order(self.name)
+        #: set by the trainer: steps every optimizer and zeroes the gradients (rules that update
+        #: the weights several times per batch, such as iPC, call it themselves)
+        self._step_optimizers = None
+
+    #: the rule steps the optimizers itself inside :meth:`compute_grads` (iPC)
+    @property
+    def steps_optimizer(self) -> bool:
+        return False
+
+    def bind_optimizers(self, step) -> None:
+        """``step()``: apply the gradients written so far and zero them (the trainer's optimizers)."""
+        object.__setattr__(self, "_step_optimizers", step)
 
     @classmethod
     def parse_settings(cls, raw: dict, where: str = "train.algorithm"):

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import torch
 
 from ..compile import PCKernel, build_plan, feedforward, run_plan, run_reference
-from ..errors import SpecError
+from ..compile.energy import Clamps, EnergyEngine, EngineConfig
+from ..errors import CompileError, SpecError
 from ..settings import check_steps
 from .base import RULES, LearningRule, StepInfo
 
@@ -57,10 +58,15 @@ class InferenceLearning(LearningRule):
     Settings = ILSettings
     Kernel = PCKernel
 
+    needs_order = False
+
     def __init__(self, net, settings=None, seed: int = 0, reduction: str = "mean"):
         super().__init__(net, settings, seed, reduction)
         s = self.settings
         cg = net.compiled
+        if not cg.ordered:
+            self._init_order_free(s)
+            return
         depth_max = max((cg.depth[cg.edges[i].dst] for i in range(len(cg.edges)) if cg.has_params(i)), default=0)
         if s.update_at == "depth":
             T = depth_max if s.T is None else s.T
@@ -80,9 +86,36 @@ class InferenceLearning(LearningRule):
         self.kernel = self.Kernel(net, self.objective, s.gamma)
         self.plan = build_plan(cg, self.update_times, c1=(s.init_noise == 0))
         self.generator = torch.Generator(device=net.device).manual_seed(seed + 7919)
+        self.engine = EnergyEngine(self.kernel, self._engine_config(t_c if s.update_at != "depth" else None),
+                                   net.compiled.priors())
+
+    def _engine_config(self, t_c) -> EngineConfig:
+        s = self.settings
+        return EngineConfig(T=self.T, optimizer={"name": "sgd", "lr": s.gamma}, init="forward",
+                            init_std=s.init_noise, update_at=t_c)
+
+    def _init_order_free(self, s) -> None:
+        """A graph with cycles, or clamped by a ``clamp:`` section: the energy engine's general
+        loop (same step, start and update time; no plan, whose analysis needs an order)."""
+        if s.update_at == "depth":
+            raise CompileError(f"update_at: depth needs depths, which a graph "
+                               f"{'with a cycle' if self.net.compiled.cycle else 'clamped by clamp:'} does not have; "
+                               "give an integer step", "train.algorithm.update_at")
+        self.T = s.T if s.T is not None else 20
+        t_c = self.T if s.update_at is None else s.update_at
+        if t_c > self.T:
+            raise SpecError(f"update_at = {t_c} is after the last inference step T = {self.T}",
+                            "train.algorithm.update_at")
+        self.update_times = None
+        self.plan = None
+        self.kernel = self.Kernel(self.net, self.objective, s.gamma)
+        self.generator = torch.Generator(device=self.net.device).manual_seed(self.seed + 7919)
+        self.engine = EnergyEngine(self.kernel, self._engine_config(t_c), self.net.compiled.priors())
 
     def compute_grads(self, inputs, targets):
         s, k = self.settings, self.kernel
+        if self.plan is None:           # order-free: the engine's general loop
+            return self._engine_grads(Clamps.by_role(inputs, targets))
         state = feedforward(k, inputs)
         outputs = {o: state.mu[o] for o in self.net.compiled.graph.outputs}
         loss = self.objective.value(outputs, targets)
@@ -97,6 +130,18 @@ class InferenceLearning(LearningRule):
             updates = run_plan(k, self.plan, state, targets, scale=self.grad_scale(batch)).updates
             self.write_grads(updates, batch, scaled=True)
         return StepInfo(float(loss), outputs)
+
+    def _engine_grads(self, clamps: Clamps) -> StepInfo:
+        """One batch through the engine's general loop; the loss reported is the energy per
+        sample at the end of inference (an order-free graph has no feed-forward prediction)."""
+        batch = clamps.batch()
+        out = self.engine.run(clamps, self.generator)
+        if out.targets and out.start_mu:
+            loss = float(self.objective.value(out.start_mu, out.targets))
+        else:
+            loss = float(out.final_energy) * self.objective.scale(batch)
+        self.write_grads(out.updates, batch)
+        return StepInfo(loss, {v: out.values[v] for v in self.net.compiled.graph.outputs if v in out.values})
 
     def get_extra_state(self):
         return {"generator": self.generator.get_state()}

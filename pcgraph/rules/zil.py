@@ -28,3 +28,4 @@ class ZILSettings(ILSettings):
 class ZeroDivergenceIL(InferenceLearning):
     name = "zil"
     Settings = ZILSettings
+    needs_order = True        # (its condition C2 is a schedule by depth)

@@ -19,12 +19,13 @@ from ..ir.graph import EDGE_KEYS
 from ..ops import LOSSES
 from ..settings import check_steps
 from .overrides import apply_overrides
+from .queries import Query, default_query, parse_clamp, parse_queries
 from .unroll import Unroll, expand, parse_unroll
 from .yamlio import decode_spec, dump_yaml, load_yaml, locate
 
 MAX_SEED = 2 ** 62      # seeds feed torch.Generator.manual_seed (int64), offset per use
-TOP_KEYS = ("name", "description", "seed", "data", "model", "loss", "train")
-NODE_KEYS = ("name", "shape", "role", "kind")
+TOP_KEYS = ("name", "description", "seed", "data", "model", "loss", "train", "clamp", "queries", "evaluate")
+NODE_KEYS = ("name", "shape", "role", "kind", "prior")
 
 
 def _check_keys(d: Any, known: tuple[str, ...], where: str, extra: tuple[str, ...] = ()) -> None:
@@ -117,8 +118,10 @@ class TrainSpec:
     #: named settings for other algorithms: ``label -> {algorithm: .., optimizer: ..}``
     #: (``--algorithm LABEL`` selects one; see :func:`select_algorithm`)
     presets: dict = field(default_factory=dict)
+    #: learning-rate schedule for ``optimizer`` (None: constant); see :mod:`pcgraph.train.schedule`
+    scheduler: dict | None = None
 
-    KEYS = ("algorithm", "epochs", "optimizer", "reduction", "max_steps_per_epoch", "presets")
+    KEYS = ("algorithm", "epochs", "optimizer", "scheduler", "reduction", "max_steps_per_epoch", "presets")
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "TrainSpec":
@@ -128,6 +131,8 @@ class TrainSpec:
         epochs = _typed(d.get("epochs", 1), (int,), "train.epochs", "a positive integer", positive=True)
         check_steps(epochs, "train.epochs")
         opt = _optimizer(d.get("optimizer", {"name": "sgd", "lr": 0.01}), "train.optimizer")
+        from ..train.schedule import check_scheduler_config     # (lazily: pcgraph.train imports the spec)
+        scheduler = check_scheduler_config(d.get("scheduler"), "train.scheduler")
         presets = d.get("presets") or {}
         if not isinstance(presets, dict):
             raise SpecError(f"expected a mapping from labels to {{algorithm: .., optimizer: ..}}, got {presets!r}",
@@ -147,10 +152,13 @@ class TrainSpec:
         reduction = d.get("reduction", "mean")
         if reduction not in ("mean", "sum"):
             raise SpecError(f"unknown reduction {reduction!r} (known: mean, sum)", "train.reduction")
-        return cls(alg, epochs, dict(opt), msteps, reduction, copy.deepcopy(dict(presets)))
+        return cls(alg, epochs, dict(opt), msteps, reduction, copy.deepcopy(dict(presets)),
+                   copy.deepcopy(scheduler))
 
     def to_dict(self) -> dict:
         d = {"algorithm": self.algorithm.to_value(), "epochs": self.epochs, "optimizer": dict(self.optimizer)}
+        if self.scheduler is not None:
+            d["scheduler"] = copy.deepcopy(self.scheduler)
         if self.reduction != "mean":
             d["reduction"] = self.reduction
         if self.max_steps_per_epoch is not None:
@@ -212,6 +220,12 @@ class Spec:
     train: TrainSpec = field(default_factory=TrainSpec)
     #: recurrent cells unrolled into ``model`` (kept to write the spec back compactly)
     unrolls: list[Unroll] = field(default_factory=list)
+    #: training clamps, node -> data field (None: by role; see :mod:`pcgraph.spec.queries`)
+    clamp: dict | None = None
+    #: named queries (``pcgraph infer --query NAME``)
+    queries: dict = field(default_factory=dict)
+    #: the query scored on the test split after every epoch (None: the feed-forward prediction)
+    evaluate: str | None = None
     source: str | None = field(default=None, compare=False, repr=False)
     locations: dict = field(default_factory=dict, compare=False, repr=False)
 
@@ -267,11 +281,44 @@ class Spec:
     def loss_for(self, output: str) -> str:
         return self.loss if isinstance(self.loss, str) else self.loss[output]
 
+    def clamped_nodes(self) -> list[str] | None:
+        """The nodes the ``clamp:`` section clamps while training (None: by role)."""
+        return None if self.clamp is None else list(self.clamp)
+
+    def query(self, name: str) -> Query:
+        """The named query (``predict``: a discriminative spec's default); a located error
+        lists the known names."""
+        if name in self.queries:
+            return self.queries[name]
+        default = default_query(self.model)
+        if name == "predict" and default is not None:
+            return default
+        known = list(self.queries) + (["predict"] if default is not None and "predict" not in self.queries else [])
+        raise SpecError(f"unknown query {name!r} (this spec's queries: {', '.join(known) or 'none'})", "--query")
+
+    def _check_clamp_and_queries(self) -> None:
+        names = list(self.model.nodes)
+        for n in self.clamp or {}:
+            if n not in self.model.nodes:
+                raise SpecError(f"{n!r} is not a node (known: {', '.join(names)})", f"clamp.{n}")
+        for name, q in self.queries.items():
+            q.check(self.model, f"queries.{name}")
+        if self.evaluate is not None:
+            if not isinstance(self.evaluate, str):
+                raise SpecError(f"expected the name of a query, got {self.evaluate!r}", "evaluate")
+            if self.evaluate not in self.queries and not (self.evaluate == "predict" and default_query(self.model)):
+                raise SpecError(f"unknown query {self.evaluate!r} (this spec's queries: "
+                                f"{', '.join(self.queries) or 'none'})", "evaluate")
+
     def validate(self) -> "Spec":
         """Lint the graph and cross-check the loss against the outputs (located errors)."""
         try:
             self._check_loss()
-            self.model.lint()
+            for n in self.clamp or {}:
+                if n not in self.model.nodes:
+                    raise SpecError(f"{n!r} is not a node (known: {', '.join(self.model.nodes)})", f"clamp.{n}")
+            self.model.lint(self.clamped_nodes())
+            self._check_clamp_and_queries()
             if isinstance(self.loss, dict):
                 outs = self.model.outputs
                 for out in self.loss:
@@ -320,7 +367,7 @@ class Spec:
                 if "name" not in n:
                     raise SpecError("a node needs a 'name'", f"model.nodes[{i}]")
                 spec.model.add_node(ValueNode(str(n["name"]), n.get("shape"), n.get("role", "hidden"),
-                                              n.get("kind", "value")))
+                                              n.get("kind", "value"), n.get("prior")))
             for i, e in enumerate(edges):
                 where = f"model.edges[{i}]"
                 if not isinstance(e, dict):
@@ -354,6 +401,9 @@ class Spec:
                 spec.unrolls.append(u)
             spec.loss = d.get("loss", "mse")
             spec.train = TrainSpec.from_dict(d.get("train"))
+            spec.clamp = parse_clamp(d.get("clamp"))
+            spec.queries = parse_queries(d.get("queries"))
+            spec.evaluate = d.get("evaluate")
         except PCGraphError as err:
             raise spec.locate(err) from None
         return spec.validate()
@@ -395,6 +445,12 @@ class Spec:
             d["model"]["unroll"] = [u.to_dict() for u in self.unrolls]
         d["loss"] = copy.deepcopy(self.loss)
         d["train"] = self.train.to_dict()
+        if self.clamp is not None:
+            d["clamp"] = dict(self.clamp)
+        if self.queries:
+            d["queries"] = {name: q.to_dict() for name, q in self.queries.items()}
+        if self.evaluate is not None:
+            d["evaluate"] = self.evaluate
         return d
 
     def to_yaml(self) -> str:

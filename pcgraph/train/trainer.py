@@ -1,8 +1,9 @@
 """Build everything a spec describes and train it.
 
 ``Experiment`` assembles spec -> compiled graph -> network -> learning rule -> optimizer
--> batches; ``Trainer.fit`` runs the epochs with a progress bar, one printed line and one
-``metrics.jsonl`` record per epoch, and an atomic checkpoint after every epoch.
+(-> learning-rate scheduler) -> batches; ``Trainer.fit`` runs the epochs with a progress bar,
+one printed line and one ``metrics.jsonl`` record per epoch, and an atomic checkpoint after
+every epoch.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ..rules import LearningRule, make_rule
 from ..spec import Spec
 from .checkpoint import load_checkpoint, save_checkpoint
 from .optim import make_optimizer
+from .schedule import Scheduler, make_scheduler
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float": torch.float32,
           "double": torch.float64}
@@ -69,14 +71,20 @@ class Experiment:
     dist: object | None = None
     #: updates made so far: step ``k``'s dropout masks derive from it (``PCNetwork.begin_step``)
     steps_done: int = 0
+    #: ``train.scheduler`` for ``optimizer`` (not ``rule_optimizer``); None: constant learning rate
+    scheduler: Scheduler | None = None
 
     @classmethod
     def build(cls, spec: Spec, device="cpu", dtype="float32", with_data: bool = True,
-              net: PCNetwork | None = None, splits=None) -> "Experiment":
-        """``splits``: an already loaded dataset to reuse (else ``spec.data`` is loaded)."""
+              net: PCNetwork | None = None, splits=None, steps_per_epoch: int | None = None) -> "Experiment":
+        """``splits``: an already loaded dataset to reuse (else ``spec.data`` is loaded).
+        ``steps_per_epoch``: the updates per epoch the learning-rate schedule counts with
+        (``total_steps``); default: the batches' (capped by ``train.max_steps_per_epoch``), or
+        unknown without data. Give it to build an experiment without data that follows the
+        same schedule as another one (``other.steps_per_epoch``)."""
         try:
             device, dtype = resolve_device(device), resolve_dtype(dtype)
-            compiled = compile_graph(spec.model, spec.loss) if net is None else net.compiled
+            compiled = compile_graph(spec.model, spec.loss, clamped=spec.clamped_nodes()) if net is None else net.compiled
             if net is None:
                 net = PCNetwork(compiled, seed=spec.seed, device=device, dtype=dtype)
             alg = spec.train.algorithm
@@ -96,9 +104,26 @@ class Experiment:
                     splits = load_dataset(d.dataset, d.root, d.train_subset, d.test_subset, d.options)
                 batches = GraphBatches(splits, compiled, device, dtype, d.batch_size, d.test_batch_size,
                                        d.shuffle, seed=spec.seed)
+            if steps_per_epoch is None and batches is not None:
+                steps_per_epoch = _steps_per_epoch(spec, batches)
+            scheduler = make_scheduler(spec.train.scheduler, optimizer, steps_per_epoch, spec.train.epochs)
         except PCGraphError as err:
             raise spec.locate(err) from None
-        return cls(spec, compiled, net, rule, optimizer, batches, rule_optimizer)
+        exp = cls(spec, compiled, net, rule, optimizer, batches, rule_optimizer, scheduler=scheduler)
+        rule.bind_optimizers(exp.step_optimizers)
+        return exp
+
+    def step_optimizers(self) -> None:
+        """Apply the gradients written so far and zero them (rules that update the weights
+        several times per batch, such as iPC, call it through ``rule.bind_optimizers``)."""
+        for opt in self.optimizers:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+    @property
+    def steps_per_epoch(self) -> int | None:
+        """Updates per epoch (capped by ``train.max_steps_per_epoch``); None without data."""
+        return None if self.batches is None else _steps_per_epoch(self.spec, self.batches)
 
     @property
     def optimizers(self) -> list[torch.optim.Optimizer]:
@@ -115,13 +140,23 @@ class Experiment:
 
     def _step(self, inputs, targets) -> float:
         if self.dist is not None:       # this rank's share; gradients summed over the ranks
-            return self.dist.step(self, inputs, targets)
-        for opt in self.optimizers:
-            opt.zero_grad(set_to_none=True)
-        info = self.rule.compute_grads(inputs, targets)
-        for opt in self.optimizers:
-            opt.step()
-        return self.rule.per_sample_loss(info, next(iter(inputs.values())).shape[0])
+            loss = self.dist.step(self, inputs, targets)     # (it steps the optimizers)
+        else:
+            for opt in self.optimizers:
+                opt.zero_grad(set_to_none=True)
+            info = self.rule.compute_grads(inputs, targets)
+            if not self.rule.steps_optimizer:      # (iPC stepped them at every inference step)
+                for opt in self.optimizers:
+                    opt.step()
+            loss = self.rule.per_sample_loss(info, next(iter(inputs.values())).shape[0])
+        if self.scheduler is not None:
+            self.scheduler.step_update()
+        return loss
+
+    @property
+    def lr(self) -> float:
+        """The learning rate of ``optimizer``'s first parameter group (what the next update uses)."""
+        return float(self.optimizer.param_groups[0]["lr"])
 
     @torch.no_grad()
     def evaluate(self) -> dict:
@@ -181,7 +216,8 @@ class Trainer:
                 "rule": self.exp.rule.state_dict(),
                 "rule_optimizer": self.exp.rule_optimizer.state_dict() if self.exp.rule_optimizer else None,
                 "batch_rng": self.exp.batches.generator.get_state(),
-                "history": self.history, "steps_done": self.exp.steps_done}
+                "history": self.history, "steps_done": self.exp.steps_done,
+                "scheduler": self.exp.scheduler.state_dict() if self.exp.scheduler is not None else None}
 
     def resume(self) -> None:
         path = self.checkpoint_path()
@@ -204,6 +240,10 @@ class Trainer:
             self.exp.rule.load_state_dict(state["rule"])
             if self.exp.rule_optimizer is not None:
                 self.exp.rule_optimizer.load_state_dict(state["rule_optimizer"])
+            if self.exp.scheduler is not None:
+                if state.get("scheduler") is None:
+                    raise ValueError("it holds no learning-rate scheduler state")
+                self.exp.scheduler.load_state_dict(state["scheduler"])
         except (RuntimeError, ValueError, KeyError, TypeError) as exc:
             raise CheckpointError(f"the checkpoint does not fit this spec: {exc}", None, str(path)) from None
         self.exp.batches.generator.set_state(state["batch_rng"])
@@ -275,8 +315,7 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             self._prepare_metrics()
             (self.out / "spec.yaml").write_text(exp.spec.to_yaml())
-        limit = exp.spec.train.max_steps_per_epoch
-        steps = exp.batches.steps_per_epoch() if limit is None else min(limit, exp.batches.steps_per_epoch())
+        steps = _steps_per_epoch(exp.spec, exp.batches)
         for epoch in range(self.start_epoch + 1, epochs + 1):
             exp.rule.start_epoch(epoch)
             t0 = time.perf_counter()
@@ -304,8 +343,11 @@ class Trainer:
             if bar is not None:
                 bar.close()
             train_seconds = time.perf_counter() - t0
+            # the learning rate the epoch ended with (interval epoch: the one it ran at)
             record = {"epoch": epoch, "train_loss": loss_sum / max(n, 1), **exp.evaluate(),
-                      "seconds": train_seconds, "steps": steps}
+                      "seconds": train_seconds, "steps": steps, "lr": exp.lr}
+            if exp.scheduler is not None:
+                exp.scheduler.step_epoch()
             self.history.append(record)
             for callback in self.on_epoch:
                 callback(record, epoch)
@@ -320,11 +362,18 @@ class Trainer:
         return self.history
 
 
+def _steps_per_epoch(spec: Spec, batches: GraphBatches) -> int:
+    """Updates per epoch: the batches', capped by ``train.max_steps_per_epoch``."""
+    limit = spec.train.max_steps_per_epoch
+    return batches.steps_per_epoch() if limit is None else min(limit, batches.steps_per_epoch())
+
+
 def _resume_differences(saved: Spec, now: Spec) -> list[str]:
     """Settings a resumed run cannot honour when they changed (everything but the epochs)."""
     pairs = [("seed", saved.seed, now.seed),
              ("train.algorithm", saved.train.algorithm.to_value(), now.train.algorithm.to_value()),
              ("train.optimizer", saved.train.optimizer, now.train.optimizer),
+             ("train.scheduler", saved.train.scheduler, now.train.scheduler),
              ("train.reduction", saved.train.reduction, now.train.reduction),
              ("train.max_steps_per_epoch", saved.train.max_steps_per_epoch, now.train.max_steps_per_epoch),
              ("loss", saved.loss, now.loss)]
