@@ -26,6 +26,7 @@ EPILOG = """examples:
   pcgraph plot runs/a runs/b -o curves.png
   pcgraph import model.py:Net --input-shape 1,28,28 -o net.yaml   (then: pcgraph run net.yaml --init net.pt)
   pcgraph bench graphs/mnist_mlp_wide.yaml --algorithms torch,bp,zil --json bench.json
+  pcgraph run graphs/mnist_generative.yaml --out runs/gen && pcgraph infer runs/gen --query classify -o runs/gen/q
 
 data: MNIST/FashionMNIST are read from data.root or $PCGRAPH_DATA (torchvision's layout)
 when set, else downloaded by torchvision."""
@@ -132,6 +133,27 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                        help="override a dotted spec path, e.g. train.optimizer.lr=0.01 (repeatable)")
     bench.add_argument("--seed", type=int, help="override the spec's seed")
+
+    inf = sub.add_parser(
+        "infer", help="answer a named query of a trained run (or a spec): clamp nodes, infer the rest",
+        description="Load a trained run folder (its checkpoint) or a spec, answer the query on test data with "
+                    "the energy engine, print what fits it (accuracy of a classification, error of a "
+                    "completion against the truth), and write OUT/<query>.pt (tensors), .json (metrics, "
+                    "energy per step), .png (input with the mask shown, inferred, truth) and _energy.png.")
+    inf.add_argument("spec", metavar="SPEC_OR_RUN_DIR", help="a run folder (pcgraph run --out DIR) or a YAML spec")
+    inf.add_argument("--query", default="predict", metavar="NAME",
+                     help="a query of the spec's 'queries' section (default predict: the feed-forward prediction)")
+    inf.add_argument("-n", type=int, metavar="N", help="samples to answer (default: the whole test split)")
+    inf.add_argument("-o", "--out", metavar="OUT", help="folder for the tensors, metrics and pictures")
+    inf.add_argument("--split", default="test", choices=("test", "train"), help="which split (default test)")
+    inf.add_argument("--dtype", default="float32", help="float32 (default) or float64")
+    inf.add_argument("--no-progress", action="store_true", help="no progress bar")
+    inf.add_argument("--algorithm", metavar="NAME", help="take inference settings from this rule or preset")
+    inf.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a dotted spec path, e.g. queries.classify.T=200 (repeatable)")
+    inf.add_argument("--seed", type=int, default=0, help="seed of the noise and initial values (default 0)")
+    inf.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    inf.add_argument("--threads", type=int, default=1, metavar="N", help="torch.set_num_threads (default 1)")
 
     from .viz.cli import add_parsers   # viz, wave, plot
 
@@ -298,6 +320,38 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_infer(args) -> int:
+    from .train.query import answer, load_experiment, write_result
+
+    if args.n is not None and args.n < 1:
+        from .errors import SpecError
+
+        raise SpecError(f"expected at least 1 sample, got {args.n}", "-n")
+    if args.out:
+        _out_dir(args.out)
+    exp = load_experiment(args.spec, args.sets, args.algorithm, args.device, args.dtype)
+    bar = None
+    if not args.no_progress and sys.stderr.isatty():
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=None, desc=f"query {args.query}", leave=False, unit="step")
+
+    def progress(done, total):
+        if bar is not None:
+            bar.total = total
+            bar.update(done - bar.n)
+    try:
+        result = answer(exp, args.query, args.split, args.n, args.seed, progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    print(result.format())
+    if args.out:
+        for path in write_result(result, exp.compiled.graph, args.out):
+            print(f"wrote {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -316,7 +370,8 @@ def main(argv: list[str] | None = None) -> int:
         from .viz.cli import COMMANDS
 
         torch.set_num_threads(threads)
-        verbs = {"run": cmd_run, "check": cmd_check, "ablate": cmd_ablate, "show": cmd_show, "bench": cmd_bench, **COMMANDS}
+        verbs = {"run": cmd_run, "check": cmd_check, "ablate": cmd_ablate, "show": cmd_show, "bench": cmd_bench,
+                 "infer": cmd_infer, **COMMANDS}
         if args.verb == "import":
             from .importer.cli import cmd_import
 

@@ -267,8 +267,10 @@ def test_total_steps_is_the_run_minus_the_warmup():
     with pytest.raises(SpecError) as info:         # a cycle shorter than the run: torch would fail mid-run
         make_scheduler({"name": "onecycle", "max_lr": 0.5, "total_steps": 10}, _opt(), 6, 2)
     assert info.value.where == "train.scheduler" and "total_steps" in str(info.value)
-    # without data (a spec check) the count is unknown: no error
+    # without data (a spec check) the number of steps is unknown: no error; epochs are known
     assert make_scheduler({**cfg, "warmup": 100}, _opt(), None, 4).config["T_max"] == 1
+    with pytest.raises(SpecError):
+        make_scheduler({**cfg, "interval": "epoch", "warmup": 4}, _opt(), None, 4)
 
 
 def test_experiment_total_steps_uses_capped_steps_per_epoch():

@@ -49,28 +49,45 @@ def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
 
 
 class GraphBatches:
-    """Feeds ``Splits`` to a compiled graph with one input node."""
+    """Feeds ``Splits`` to a compiled graph: each clamped node gets its data field.
+
+    ``clamp`` maps nodes to the fields ``image`` (the sample) and ``label``; by default the one
+    input gets ``image`` and every output ``label``. A batch is ``(inputs, targets, labels)``:
+    ``targets`` for the clamped *outputs* (what their loss compares with), ``inputs`` for every
+    other clamped node (an ``image`` sample reshaped, or a ``label`` as a one-hot vector)."""
 
     def __init__(self, splits: Splits, compiled, device, dtype, batch_size: int,
-                 test_batch_size: int = 1000, shuffle: bool = True, seed: int = 0):
+                 test_batch_size: int = 1000, shuffle: bool = True, seed: int = 0,
+                 clamp: dict[str, str] | None = None):
         g = compiled.graph
-        if len(g.inputs) != 1:
-            raise DataError(f"dataset {splits.name!r} feeds one input node, but the graph has "
-                            f"{len(g.inputs)}: {', '.join(g.inputs)}", "model.nodes")
-        self.input = g.inputs[0]
-        shape = g.nodes[self.input].shape
-        n_in = math.prod(shape)
+        if clamp is None:
+            if len(g.inputs) != 1:
+                raise DataError(f"dataset {splits.name!r} feeds one input node, but the graph has "
+                                f"{len(g.inputs)}: {', '.join(g.inputs)}", "model.nodes")
+            clamp = {g.inputs[0]: "image", **{o: "label" for o in g.outputs}}
+        self.clamp = dict(clamp)
+        #: nodes clamped to the sample, and to the label (outputs among them get targets)
+        self.image_nodes = [n for n, f in self.clamp.items() if f == "image"]
+        self.label_nodes = [n for n, f in self.clamp.items() if f == "label"]
+        self.input = self.image_nodes[0] if self.image_nodes else None
         n_data = math.prod(splits.sample_shape)
-        if n_in != n_data:
-            raise DataError(f"input node {self.input!r} has shape {list(shape)} ({n_in} values) but "
-                            f"{splits.name} samples have shape {list(splits.sample_shape)} ({n_data})",
-                            g.where_node(self.input) if self.input in compiled.source.nodes else "model.nodes")
+        for n in self.image_nodes:
+            shape = g.nodes[n].shape
+            if math.prod(shape) != n_data:
+                raise DataError(f"node {n!r} has shape {list(shape)} ({math.prod(shape)} values) but "
+                                f"{splits.name} samples have shape {list(splits.sample_shape)} ({n_data})",
+                                g.where_node(n) if n in compiled.source.nodes else "model.nodes")
+            if n in compiled.losses and compiled.losses[n].name not in REGRESSION_LOSSES:
+                raise DataError(f"node {n!r} is clamped to the image, a real-valued target: it needs the mse "
+                                f"loss, not {compiled.losses[n].name}", "loss")
+        shape = g.nodes[self.input].shape if self.input else None
         self.regression = splits.regression
         self.steps = splits.steps
+        label_outputs = [o for o in g.outputs if o in self.label_nodes]
         #: output -> the step of the labels it gets (``None``: the whole label)
-        self.step_of: dict[str, int | None] = {o: None for o in g.outputs}
+        self.step_of: dict[str, int | None] = {o: None for o in label_outputs}
         if self.steps is not None:
-            if len(g.outputs) != self.steps:
+            if len(label_outputs) != self.steps:
                 raise DataError(
                     f"{splits.name} has per-step labels for {self.steps} steps, but the graph has "
                     f"{len(g.outputs)} output node(s) ({', '.join(g.outputs)}); outputs get the steps "
@@ -78,16 +95,18 @@ class GraphBatches:
             self.step_of = {o: k for k, o in enumerate(g.outputs)}
         per_output = splits.num_classes if not self.regression else math.prod(splits.target_shape)
         what = "classes" if not self.regression else f"target values per {'step' if self.steps else 'sample'}"
-        for o in g.outputs:
+        for o in self.label_nodes:
             n_out = math.prod(g.nodes[o].shape)
             if n_out != per_output:
                 raise DataError(f"output node {o!r} has {n_out} values but {splits.name} has "
                                 f"{per_output} {what}", g.where_node(o))
-            loss = compiled.losses[o]
-            if self.regression and loss.name not in REGRESSION_LOSSES:
+            loss = compiled.losses.get(o)
+            if loss is not None and self.regression and loss.name not in REGRESSION_LOSSES:
                 raise DataError(f"{splits.name} has real-valued targets: output {o!r} needs the mse "
                                 f"loss, not {loss.name}", "loss")
-        self.shape = tuple(shape)
+        self.shape = tuple(shape) if shape is not None else tuple(splits.sample_shape)
+        self.sample_shape = tuple(splits.sample_shape)
+        self.num_classes = splits.num_classes
         self.compiled = compiled
         #: a graph dataset's structure, bound to the graph ops; its batch is the whole graph
         self.graph = splits.graph.to(device) if splits.graph is not None else None
@@ -107,10 +126,10 @@ class GraphBatches:
         #: data parallel (``pcgraph.train.distributed``): every rank draws the same global batch
         #: order and keeps its ``shard_bounds`` rows of each batch; ``shard`` sets these
         self.rank, self.world = 0, 1
-        self.train_x = splits.train_x.reshape(-1, *shape).to(self.device, dtype)
+        self.train_x = splits.train_x.reshape(-1, *self.shape).to(self.device, dtype)
         self.train_y = self._labels(splits.train_y)
         self.test_x = self.train_x if splits.test_x is splits.train_x else \
-            splits.test_x.reshape(-1, *shape).to(self.device, dtype)
+            splits.test_x.reshape(-1, *self.shape).to(self.device, dtype)
         self.test_y = self._labels(splits.test_y)
 
     def _labels(self, y: torch.Tensor) -> torch.Tensor:
@@ -124,10 +143,39 @@ class GraphBatches:
         """Each output's labels: its step's slice of per-step labels, else all of them."""
         return {o: labels if k is None else labels[:, k] for o, k in self.step_of.items()}
 
-    def targets(self, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    def targets(self, labels: torch.Tensor, x: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """What each clamped output's loss compares with: its labels (or, clamped to the
+        image, the sample ``x``)."""
         g = self.compiled.graph
-        return {o: self.compiled.losses[o].target(y, g.nodes[o].shape, self.dtype)
-                for o, y in self.output_labels(labels).items()}
+        out = {o: self.compiled.losses[o].target(y, g.nodes[o].shape, self.dtype)
+               for o, y in self.output_labels(labels).items()}
+        for n in self.image_nodes:
+            if n in self.compiled.losses:
+                out[n] = x.reshape(x.shape[0], *g.nodes[n].shape)
+        return out
+
+    def clamped_inputs(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Values of the clamped nodes that are not outputs: the sample, or the label one-hot."""
+        g = self.compiled.graph
+        out = {}
+        for n in self.image_nodes:
+            if n not in self.compiled.losses:
+                out[n] = x if n == self.input else x.reshape(x.shape[0], *g.nodes[n].shape)
+        for n in self.label_nodes:
+            if n not in self.compiled.losses:
+                out[n] = self.label_value(n, labels)
+        return out
+
+    def label_value(self, n: str, labels: torch.Tensor) -> torch.Tensor:
+        """A label as the value of node ``n``: one-hot for classes, the target for regression."""
+        shape = self.compiled.graph.nodes[n].shape
+        if self.regression:
+            return labels.reshape(labels.shape[0], *shape).to(self.dtype)
+        return torch.nn.functional.one_hot(labels.clamp(min=0), math.prod(shape)).to(self.dtype) \
+            .reshape(labels.shape[0], *shape)
+
+    def batch(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[dict, dict, torch.Tensor]:
+        return self.clamped_inputs(x, labels), self.targets(labels, x), labels
 
     def counted(self, labels: torch.Tensor) -> int:
         """How many samples of a batch have a label (all but graph vertices off the mask)."""
@@ -161,7 +209,7 @@ class GraphBatches:
                 lo, hi = shard_bounds(len(idx), self.rank, self.world)
                 idx = idx[lo:hi]
             labels = self.train_y[idx]
-            yield {self.input: self.train_x[idx]}, self.targets(labels), labels
+            yield self.batch(self.train_x[idx], labels)
 
     def test(self) -> Iterator[tuple[dict, dict, torch.Tensor]]:
         """Test batches; under ``shard`` this rank's non-empty rows of each."""
@@ -174,4 +222,4 @@ class GraphBatches:
                     continue
                 start, stop = start + lo, start + hi
             labels = self.test_y[start:stop]
-            yield {self.input: self.test_x[start:stop]}, self.targets(labels), labels
+            yield self.batch(self.test_x[start:stop], labels)

@@ -107,8 +107,12 @@ class CrossEntropy(Loss):
     _minus_one: dict | None = None
 
     def value(self, mu, target):
-        # the mean over the labelled samples (torch's ignore_index is IGNORE)
-        return torch.nn.functional.cross_entropy(mu.reshape(mu.shape[0], -1), target, ignore_index=IGNORE)
+        # the mean over the labelled samples (torch's ignore_index is IGNORE); a soft target
+        # (probabilities, the shape of mu) is torch's class-probability cross-entropy
+        flat = mu.reshape(mu.shape[0], -1)
+        if target.is_floating_point():
+            return torch.nn.functional.cross_entropy(flat, target.reshape(flat.shape))
+        return torch.nn.functional.cross_entropy(flat, target, ignore_index=IGNORE)
 
     def value_count(self, mu, target):
         # cross_entropy is log_softmax then nll_loss (the same kernels, the same number);
@@ -125,6 +129,9 @@ class CrossEntropy(Loss):
         # grad -1 under the sum reduction: the one-hot, 0 on an unlabelled row; then the
         # log-softmax backward kernel): autograd's rounding, exactly 0 where unlabelled. The
         # log-softmax is the loss value's when the value was taken of this same ``mu``.
+        if target.is_floating_point():      # a soft target (a distribution, e.g. a nudged one)
+            flat = mu.reshape(mu.shape[0], -1)
+            return (target.reshape(flat.shape) - torch.softmax(flat, 1)).reshape(mu.shape)
         last = self._last
         if last is not None and last[0] is mu and last[2] is target and last[1] == mu._version:
             logp = last[3]
@@ -142,6 +149,8 @@ class CrossEntropy(Loss):
         return e if e.shape == mu.shape else e.reshape(mu.shape)
 
     def labelled(self, target):
+        if target.is_floating_point():      # soft targets: a row of NaN is unlabelled
+            return ~target.reshape(target.shape[0], -1).isnan().any(1)
         return target != IGNORE
 
 

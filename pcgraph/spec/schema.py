@@ -141,7 +141,7 @@ class TrainSpec:
             where = f"train.presets.{label}"
             if not isinstance(p, dict):
                 raise SpecError(f"expected {{algorithm: .., optimizer: ..}}, got {p!r}", where)
-            _check_keys(p, ("algorithm", "optimizer"), where)
+            _check_keys(p, ("algorithm", "optimizer", "loss", "scheduler"), where)
             AlgorithmSpec.from_value(p.get("algorithm", label))
             if "optimizer" in p:
                 _optimizer(p["optimizer"], f"{where}.optimizer")
@@ -193,6 +193,10 @@ def select_algorithm(data: dict | None, label: str) -> dict:
         train["algorithm"] = copy.deepcopy(preset.get("algorithm", label))
         if "optimizer" in preset:
             train["optimizer"] = copy.deepcopy(preset["optimizer"])
+        if "scheduler" in preset:
+            train["scheduler"] = copy.deepcopy(preset["scheduler"])
+        if "loss" in preset:             # (PC-SE and PC-CE differ in the output's energy)
+            data["loss"] = copy.deepcopy(preset["loss"])
         return data
     if isinstance(presets, dict) and presets:
         from ..rules import RULES       # (lazily: the rules import the compiler)

@@ -68,7 +68,8 @@ def check_against_bp(spec: Spec, steps: int = 10, device="cpu", dtype="float64")
     bp_spec = copy.deepcopy(spec)
     bp_spec.train.algorithm = AlgorithmSpec("bp")
     bp_net = copy.deepcopy(rule_exp.net)
-    bp_exp = Experiment.build(bp_spec, device, dtype, with_data=False, net=bp_net)
+    bp_exp = Experiment.build(bp_spec, device, dtype, with_data=False, net=bp_net,
+                              steps_per_epoch=rule_exp.steps_per_epoch)
     start = {k: v.detach().clone() for k, v in rule_exp.net.state_dict().items()}
     done = 0
     while done < steps:

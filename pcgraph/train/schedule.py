@@ -12,8 +12,10 @@ Keys read by pcgraph (every other key goes to the scheduler's constructor):
   (``cosine_annealing_lr``) or by a short alias (:data:`ALIASES`: ``cosine``, ``step``,
   ``exponential``, ``onecycle``, ``constant``, ``linear``). It may be left out when only a
   warm-up is wanted (the learning rate then stays at the optimizer's after the warm-up).
-- ``interval``: ``step`` (default; the scheduler steps after every optimizer update) or
-  ``epoch`` (after every epoch). Counts below (``warmup``, ``total_steps``) are in intervals.
+- ``interval``: ``step`` (default; the scheduler steps after every training step, i.e. every
+  mini-batch, once even for a rule such as iPC that steps the optimizer several times per
+  batch) or ``epoch`` (after every epoch). Counts below (``warmup``, ``total_steps``) are in
+  intervals.
 - ``warmup: N`` (integer >= 0): a linear warm-up over the first ``N`` intervals, torch's
   ``LinearLR(start_factor=s, end_factor=1, total_iters=N)`` followed by the named scheduler
   through ``SequentialLR(milestones=[N])``. Interval ``k < N`` runs at
@@ -187,7 +189,7 @@ class Scheduler:
     config: dict
 
     def step_update(self) -> None:
-        """After every optimizer update."""
+        """After every training step (``Experiment.step``: one mini-batch)."""
         if self.interval == "step":
             self.scheduler.step()
 
@@ -221,17 +223,18 @@ def make_scheduler(config: dict | None, optimizer: torch.optim.Optimizer, steps_
     """Build ``config`` (``train.scheduler``) for ``optimizer``; None when there is none.
 
     ``steps_per_epoch``: optimizer updates per epoch; None when unknown (an experiment built
-    without data, to check the spec): counted as 1, and ``total_steps`` is then at least 1
-    rather than an error. Building steps the optimizer's learning rates to the schedule's
-    first value, as torch's schedulers do on construction."""
+    without data, to check the spec): counted as 1, and with ``interval: step`` a
+    ``total_steps`` is then at least 1 rather than an error. Building steps the optimizer's
+    learning rates to the schedule's first value, as torch's schedulers do on construction."""
     cfg = check_scheduler_config(config, where)
     if cfg is None:
         return None
     warmup = cfg.get("warmup", 0)
     interval = cfg.get("interval", "step")
+    known = steps_per_epoch is not None or interval == "epoch"      # the number of intervals
     total = total_intervals(interval, 1 if steps_per_epoch is None else steps_per_epoch, epochs)
     options = {k: v for k, v in cfg.items() if k not in OWN_KEYS}
-    remaining = total - warmup if steps_per_epoch is not None else max(total - warmup, 1)
+    remaining = total - warmup if known else max(total - warmup, 1)
     for k, v in options.items():
         if isinstance(v, str) and v == TOTAL_STEPS:
             if remaining < 1:
@@ -255,7 +258,7 @@ def make_scheduler(config: dict | None, optimizer: torch.optim.Optimizer, steps_
         raise SpecError(f"{label}: {exc}", where) from None
     if name is not None:
         _dry_run(scheduler_class(name), options, optimizer, where)
-    if isinstance(main, _lrs.OneCycleLR) and steps_per_epoch is not None and main.total_steps < total - warmup:
+    if isinstance(main, _lrs.OneCycleLR) and known and main.total_steps < total - warmup:
         raise SpecError(f"OneCycleLR's cycle has {main.total_steps} steps but the run steps it {total - warmup} "
                         f"times (torch refuses to step past the cycle; use total_steps: total_steps)", where)
     return Scheduler(sched, interval, resolved)

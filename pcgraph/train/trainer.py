@@ -103,7 +103,7 @@ class Experiment:
                 if splits is None:
                     splits = load_dataset(d.dataset, d.root, d.train_subset, d.test_subset, d.options)
                 batches = GraphBatches(splits, compiled, device, dtype, d.batch_size, d.test_batch_size,
-                                       d.shuffle, seed=spec.seed)
+                                       d.shuffle, seed=spec.seed, clamp=spec.clamp)
             if steps_per_epoch is None and batches is not None:
                 steps_per_epoch = _steps_per_epoch(spec, batches)
             scheduler = make_scheduler(spec.train.scheduler, optimizer, steps_per_epoch, spec.train.epochs)
@@ -124,6 +124,26 @@ class Experiment:
     def steps_per_epoch(self) -> int | None:
         """Updates per epoch (capped by ``train.max_steps_per_epoch``); None without data."""
         return None if self.batches is None else _steps_per_epoch(self.spec, self.batches)
+
+    @torch.no_grad()
+    def evaluate_query(self) -> dict:
+        """The spec's ``evaluate`` query on the test split (a graph without a feed-forward
+        order has no prediction to score): its accuracy as ``test_accuracy`` (NaN when it
+        reads no label), its reconstruction error (or final energy per sample) as ``test_loss``,
+        and every metric under ``test/<name>``."""
+        from .query import answer
+
+        if self.spec.evaluate is None:
+            raise SpecError("this graph has no feed-forward prediction to evaluate (a cycle, or a clamp "
+                            "section): name the query to score after each epoch with a top-level "
+                            "'evaluate: QUERY'", "evaluate")
+        result = answer(self, self.spec.evaluate, "test")
+        m = result.metrics
+        acc = [v for k, v in m.items() if k.startswith("accuracy/")]
+        mse = [v for k, v in m.items() if k.startswith("mse/")]
+        loss = sum(mse) / len(mse) if mse else (result.energy[-1] if result.energy else float("nan"))
+        return {"test_loss": loss, "test_accuracy": sum(acc) / len(acc) if acc else float("nan"),
+                **{f"test/{k}": v for k, v in m.items()}}
 
     @property
     def optimizers(self) -> list[torch.optim.Optimizer]:
@@ -166,8 +186,10 @@ class Experiment:
         regression dataset has no accuracy: ``test_accuracy`` is NaN and ``test_loss`` (the
         objective per sample, e.g. ``1/2 ||mu - y||^2`` summed over the outputs) is the metric.
         """
+        if self.spec.evaluate is not None or not self.compiled.ordered:
+            return self.evaluate_query()
         batches = self.batches
-        total, correct, loss_sum = 0, {o: 0 for o in self.compiled.graph.outputs}, 0.0
+        total, correct, loss_sum = 0, {o: 0 for o in batches.step_of}, 0.0
         objective = self.rule.objective
         for inputs, targets, labels in batches.test():
             outs = self.net(inputs)
@@ -176,12 +198,13 @@ class Experiment:
             if not batches.regression:
                 per_output = batches.output_labels(labels)
                 for o, mu in outs.items():
-                    correct[o] += int((mu.reshape(len(labels), -1).argmax(1) == per_output[o]).sum())
+                    if o in per_output:
+                        correct[o] += int((mu.reshape(len(labels), -1).argmax(1) == per_output[o]).sum())
             total += n
         if self.dist is not None:       # every rank scored its share of the test set
             loss_sum, total, *counts = self.dist.sum([loss_sum, total, *correct.values()])
             total, correct = int(round(total)), {o: int(round(c)) for o, c in zip(correct, counts)}
-        if batches.regression:
+        if batches.regression or not correct:
             return {"test_loss": loss_sum / total, "test_accuracy": float("nan")}
         acc = {o: c / total for o, c in correct.items()}
         return {"test_loss": loss_sum / total, "test_accuracy": sum(acc.values()) / len(acc),
