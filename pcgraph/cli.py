@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a query of the spec's 'queries' section (default predict: the feed-forward prediction)")
     inf.add_argument("-n", type=int, metavar="N", help="samples to answer (default: the whole test split)")
     inf.add_argument("-o", "--out", metavar="OUT", help="folder for the tensors, metrics and pictures")
-    inf.add_argument("--split", default="test", choices=("test", "train"), help="which split (default test)")
+    inf.add_argument("--split", choices=("test", "train"), help="which split (default: the query's, else test)")
     inf.add_argument("--dtype", default="float32", help="float32 (default) or float64")
     inf.add_argument("--no-progress", action="store_true", help="no progress bar")
     inf.add_argument("--algorithm", metavar="NAME", help="take inference settings from this rule or preset")

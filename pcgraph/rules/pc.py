@@ -22,7 +22,8 @@ Settings:
     init_std (0): noise on a forward start (IL's ``init_noise``), or the noise init's std.
     tol (None): stop inference once the energy falls by less than this in one step.
     update_at ("end"): ``end`` (after the last step), an int step, or ``every`` (iPC).
-    nudge (None): ``positive``, ``negative`` or ``centered``; ``beta`` (1.0) its strength.
+    nudge (None): ``positive``, ``negative`` or ``centered``; ``beta`` (1.0) its strength, growing
+        by ``beta_step`` every epoch (capped at 1).
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ class PCSettings:
     update_at: int | str = "end"
     nudge: str | None = None
     beta: float = 1.0
+    #: beta grows by this every epoch (PCX's schedule: beta_e = beta + beta_step (e - 1), |beta_e| <= 1)
+    beta_step: float = 0.0
 
     def check(self, where: str = "train.algorithm") -> None:
         if self.T < 0:
@@ -103,6 +106,14 @@ class EnergyPC(LearningRule):
     @property
     def steps_optimizer(self) -> bool:
         return self.settings.update_at == "every"
+
+    def start_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def current_beta(self) -> float:
+        """``|beta + beta_step (epoch - 1)|``, at most 1 (the sign comes from ``nudge``)."""
+        s = self.settings
+        return min(abs(s.beta + s.beta_step * (getattr(self, "epoch", 1) - 1)), 1.0) if s.beta_step else abs(s.beta)
 
     def compute_grads(self, inputs, targets):
         clamps = Clamps.by_role(inputs, targets)
@@ -160,7 +171,7 @@ class EnergyPC(LearningRule):
                 values[o] = self.nudged_target(o, mu0[o], y, beta)
             return eng.run(Clamps(values, clamps.masks, clamps.starts), self.generator, x=dict(x0)).updates
 
-        b = abs(s.beta)
+        b = self.current_beta()
         if s.nudge == "centered":
             plus, minus = phase(b), phase(-b)
             updates = {key: {n: (g - minus[key][n]) / (2 * b) for n, g in group.items()}

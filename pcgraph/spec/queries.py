@@ -43,7 +43,8 @@ FIELDS = ("image", "label")
 FIELD_ALIASES = {"x": "image", "input": "image", "y": "label", "target": "label"}
 MASKS = ("top_half", "bottom_half", "left_half", "right_half")
 METRICS = ("accuracy", "mse", "class_means", "none")
-QUERY_KEYS = ("clamp", "start", "read", "T", "optimizer", "init", "init_std", "tol", "metric", "description")
+QUERY_KEYS = ("clamp", "start", "read", "T", "optimizer", "init", "init_std", "tol", "metric", "split",
+              "description")
 ENTRY_KEYS = ("field", "mask", "noise")
 
 
@@ -180,6 +181,8 @@ class Query:
     init_std: float | None = None
     tol: float | None = None
     metric: str | None = None
+    #: the split answered by default (``train``: recall of stored memories)
+    split: str = "test"
     description: str | None = None
 
     @classmethod
@@ -222,6 +225,10 @@ class Query:
         if metric is not None and metric not in METRICS:
             raise SpecError(f"unknown metric {metric!r} (known: {', '.join(METRICS)})", f"{where}.metric")
         q.metric = metric
+        split = raw.get("split", "test")
+        if split not in ("train", "test"):
+            raise SpecError(f"unknown split {split!r} (known: train, test)", f"{where}.split")
+        q.split = split
         q.description = raw.get("description")
         return q
 
@@ -253,6 +260,8 @@ class Query:
             v = getattr(self, key)
             if v is not None:
                 d[key] = v
+        if self.split != "test":
+            d["split"] = self.split
         return d
 
 

@@ -83,7 +83,7 @@ def training_fields(spec, graph) -> dict[str, str]:
 
 
 @torch.no_grad()
-def answer(exp, query: Query | str, split: str = "test", n: int | None = None, seed: int = 0,
+def answer(exp, query: Query | str, split: str | None = None, n: int | None = None, seed: int = 0,
            progress: Callable[[int, int], None] | None = None) -> QueryResult:
     """Answer ``query`` on the first ``n`` samples of ``split`` (``train`` or ``test``).
 
@@ -91,6 +91,7 @@ def answer(exp, query: Query | str, split: str = "test", n: int | None = None, s
     spec, net, cg, batches = exp.spec, exp.net, exp.compiled, exp.batches
     if isinstance(query, str):
         query = spec.query(query)
+    split = split or query.split
     where = f"queries.{query.name}"
     g = cg.graph
     for node in [*query.clamp, *query.start, *query.read]:
@@ -278,7 +279,7 @@ def load_experiment(path, overrides: list[str] | None = None, algorithm: str | N
     return exp
 
 
-def infer(spec_or_run, query: str = "predict", n: int | None = None, out=None, split: str = "test",
+def infer(spec_or_run, query: str = "predict", n: int | None = None, out=None, split: str | None = None,
           overrides: list[str] | None = None, algorithm: str | None = None, device="cpu", dtype="float32",
           seed: int = 0, progress: Callable[[int, int], None] | None = None) -> QueryResult:
     """Python form of ``pcgraph infer``: load a trained run (or a spec), answer ``query`` on

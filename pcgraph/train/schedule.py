@@ -16,7 +16,8 @@ Keys read by pcgraph (every other key goes to the scheduler's constructor):
   mini-batch, once even for a rule such as iPC that steps the optimizer several times per
   batch) or ``epoch`` (after every epoch). Counts below (``warmup``, ``total_steps``) are in
   intervals.
-- ``warmup: N`` (integer >= 0): a linear warm-up over the first ``N`` intervals, torch's
+- ``warmup: N`` (integer >= 0; or a fraction in ``(0, 1)`` of the run's intervals, e.g. ``0.1``):
+  a linear warm-up over the first ``N`` intervals, torch's
   ``LinearLR(start_factor=s, end_factor=1, total_iters=N)`` followed by the named scheduler
   through ``SequentialLR(milestones=[N])``. Interval ``k < N`` runs at
   ``lr * (s + (1 - s) k / N)``; the named scheduler starts from ``lr`` at interval ``N``.
@@ -140,8 +141,11 @@ def check_scheduler_config(config, where: str = "train.scheduler") -> dict | Non
                         f"warmup: 100}}, got {config!r}", where)
     cfg = dict(config)
     warmup = cfg.get("warmup", 0)
-    if not _is_int(warmup) or warmup < 0:
-        raise SpecError(f"expected a number of intervals >= 0, got {warmup!r}", f"{where}.warmup")
+    if isinstance(warmup, float) and 0 < warmup < 1:
+        warmup = 1              # a fraction of the run (resolved by make_scheduler); checked as a count here
+    elif not _is_int(warmup) or warmup < 0:
+        raise SpecError(f"expected a number of intervals >= 0, or a fraction of the run in (0, 1), got "
+                        f"{warmup!r}", f"{where}.warmup")
     from ..settings import check_steps
     check_steps(warmup, f"{where}.warmup")
     if "warmup_start_factor" in cfg:
@@ -233,6 +237,9 @@ def make_scheduler(config: dict | None, optimizer: torch.optim.Optimizer, steps_
     interval = cfg.get("interval", "step")
     known = steps_per_epoch is not None or interval == "epoch"      # the number of intervals
     total = total_intervals(interval, 1 if steps_per_epoch is None else steps_per_epoch, epochs)
+    if isinstance(warmup, float):       # a fraction of the run's intervals (PCX warms up over 10%)
+        warmup = max(1, round(warmup * total))
+        cfg = {**cfg, "warmup": warmup}
     options = {k: v for k, v in cfg.items() if k not in OWN_KEYS}
     remaining = total - warmup if known else max(total - warmup, 1)
     for k, v in options.items():

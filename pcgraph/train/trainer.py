@@ -137,7 +137,7 @@ class Experiment:
             raise SpecError("this graph has no feed-forward prediction to evaluate (a cycle, or a clamp "
                             "section): name the query to score after each epoch with a top-level "
                             "'evaluate: QUERY'", "evaluate")
-        result = answer(self, self.spec.evaluate, "test")
+        result = answer(self, self.spec.evaluate)
         m = result.metrics
         acc = [v for k, v in m.items() if k.startswith("accuracy/")]
         mse = [v for k, v in m.items() if k.startswith("mse/")]

@@ -11,6 +11,13 @@ target; relays (``kind == "relay"``) are small dashed grey nodes.
 Graphviz DOT text for ``.dot``/``.gv`` (written by hand: ``rankdir=LR`` and one
 ``rank=same`` group per depth). ``raw=True`` draws ``cg.source``, the graph as written
 (no relays), with each node's depth its longest distance to the outputs.
+
+An *order-free* graph (``cg.ordered`` False: a directed cycle, or clamped by the spec's
+``clamp:`` section) has no depths and no update step schedule (energy-based rules only), so
+it is drawn differently (:func:`free_layout`): columns are hops from the roots (a layout
+only, not inference steps), clamped nodes are filled and free ones outlined (free roots, the
+latents, dashed), edges on the named cycle are red and two arcs between the same two nodes
+are two separate curved arrows.
 """
 
 from __future__ import annotations
@@ -32,7 +39,9 @@ class VNode:
     shape: tuple | None
     role: str            # input / hidden / output / derived
     relay: bool
-    depth: int
+    depth: int | None    # None: order-free graph (no depths)
+    clamped: bool = False    # order-free drawings: clamped while training
+    root: bool = False       # no in-edges
 
 
 @dataclass
@@ -65,6 +74,12 @@ class Layout:
     max_depth: int
     pos: dict[str, tuple[float, float]] = field(default_factory=dict)
     rows: int = 1
+    #: False: an order-free layout (columns are hops from the roots, no depths or steps)
+    ordered: bool = True
+    #: order-free layouts: the graph's cycle (``[a, b, .., a]``) or None
+    cycle: list[str] | None = None
+    #: order-free layouts: clamped by the spec's ``clamp:`` section (else by role)
+    clamp_section: bool = False
 
     @property
     def columns(self) -> int:
@@ -88,7 +103,10 @@ def _shape(shape) -> str:
 def graph_layout(cg, raw: bool = False) -> Layout:
     """The drawable description of ``cg`` (or of ``cg.source`` with ``raw=True``) with
     positions: ``x = max_depth - depth`` (inputs left, outputs right), nodes of one column
-    ordered by the mean row of their sources (one left-to-right sweep)."""
+    ordered by the mean row of their sources (one left-to-right sweep). An order-free graph
+    (``not cg.ordered``) gets :func:`free_layout` instead."""
+    if not cg.ordered:
+        return free_layout(cg, raw)
     if raw:
         g = cg.source
         depth = {n: d[1] for n, d in g.distances_to_outputs().items()}
@@ -159,7 +177,10 @@ def _step_colors(max_depth: int):
 def to_dot(cg, raw: bool = False, name: str = "pcgraph") -> str:
     """A Graphviz DOT text of the drawing: nodes with name, shape and ``t``; edges with op,
     activation, parameter count, Z-IL update step (colour); factor points for multi-source
-    edges; dashed grey relays; ``rankdir=LR`` and one ``rank=same`` group per depth."""
+    edges; dashed grey relays; ``rankdir=LR`` and one ``rank=same`` group per depth. An
+    order-free graph: clamped nodes filled, free ones outlined, no depths or steps."""
+    if not cg.ordered:
+        return _free_dot(cg, raw, name)
     lay = graph_layout(cg, raw)
     color = _step_colors(lay.max_depth)
     lines = [f"digraph {_q(name)} {{", "  rankdir=LR;", '  node [shape=box, style="rounded,filled", fontsize=10];',
@@ -202,7 +223,10 @@ def draw_compiled(cg, path, raw: bool = False, title: str | None = None, dpi: in
     ``wrap``: columns per band; a deeper graph is cut into bands stacked top to bottom (read
     like text), and an edge between bands is drawn as two labelled stubs (``-> dst`` at its
     source, ``src ->`` at its target). None (default): no bands up to 24 columns, else bands
-    of at most 16 (up to 64 columns) or 32 columns of equal width; 0: never wrap."""
+    of at most 16 (up to 64 columns) or 32 columns of equal width; 0: never wrap.
+
+    An order-free graph (``not cg.ordered``: a cycle, or a ``clamp:`` section) is drawn by
+    :func:`_draw_free` (no depth columns, no update steps; ``wrap`` is ignored)."""
     path = Path(path)
     ext = path.suffix.lower()
     if ext not in FORMATS:
@@ -212,6 +236,8 @@ def draw_compiled(cg, path, raw: bool = False, title: str | None = None, dpi: in
     if ext in (".dot", ".gv"):
         path.write_text(to_dot(cg, raw, name=title or "pcgraph"))
         return path
+    if not cg.ordered:
+        return _draw_free(cg, path, raw=raw, title=title, dpi=dpi)
 
     from matplotlib.figure import Figure      # no pyplot: any backend, no global state
     from matplotlib.lines import Line2D
@@ -368,5 +394,280 @@ def draw_compiled(cg, path, raw: bool = False, title: str | None = None, dpi: in
         handles.append(Line2D([], [], color=color(t), lw=2, label=f"updates at t={t} (Z-IL)"))
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
     fig.tight_layout()
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    return path
+
+
+# ------------------------------------------------------------------ order-free graphs ----
+CLAMPED_FILL = "#9ecae1"
+FREE_FILL = "white"
+EDGE_COLOR = "#2c5d8f"          # an edge with parameters
+CYCLE_COLOR = "#d62728"         # an edge on the named cycle
+PLAIN_COLOR = "#8c8c8c"         # a parameter-free edge
+ENERGY_RULES = "il, pc, ipc"
+
+
+def _free_why(lay: Layout) -> str:
+    """``order-free (cycle a -> b -> a)`` and/or ``clamped by the spec's clamp section``."""
+    parts = []
+    if lay.cycle is not None:
+        parts.append(f"order-free (cycle {' -> '.join(lay.cycle)})")
+    if lay.clamp_section:
+        parts.append("clamped by the spec's clamp section" if parts else
+                     "order-free (clamped by the spec's clamp section)")
+    return "; ".join(parts) or "order-free (no input-to-output order)"
+
+
+def _free_tag(v: VNode, by_role: bool) -> str:
+    if v.clamped:
+        return f"clamped {v.role}" if by_role and v.role in ("input", "output") else "clamped"
+    if v.role == "derived":
+        return "derived"
+    return "free root (latent)" if v.root else "free"
+
+
+def _cycle_arcs(cycle) -> set[tuple[str, str]]:
+    return set(zip(cycle, cycle[1:])) if cycle else set()
+
+
+def free_layout(cg, raw: bool = False) -> Layout:
+    """The drawable description of an order-free compiled graph (or of ``cg.source`` with
+    ``raw=True``; the same graph, as it has no relays): no depths and no update steps
+    (``depth`` and ``step`` are None). Deterministic positions: a node's column is its
+    number of hops from the nearest root (breadth first along the edges, in declaration
+    order; a part no root reaches starts at its first clamped, else first, node), rows in a
+    column ordered by the mean row of their sources in earlier columns. ``clamped`` marks
+    the nodes clamped while training (``cg.clamped``, or the inputs and outputs by role)."""
+    g = cg.source if raw else cg.graph
+    ops = [g.make_op(e) for e in g.edges] if raw else cg.ops
+    derived = getattr(cg, "derived", set())
+    by_role = cg.clamped is None
+    clamp = set(g.inputs) | set(g.outputs) if by_role else set(cg.clamped)
+    nodes = {}
+    for n, v in g.nodes.items():
+        role = "derived" if n in derived and n not in clamp else v.role
+        nodes[n] = VNode(n, tuple(v.shape) if v.shape else None, role, v.kind == "relay", None,
+                         clamped=n in clamp, root=not g.in_edges(n))
+    users: dict[str, int] = {}
+    for i, e in enumerate(g.edges):
+        if ops[i].param_shapes():
+            users[e.key] = users.get(e.key, 0) + 1
+    edges = []
+    for i, e in enumerate(g.edges):
+        shapes = ops[i].param_shapes()
+        n_params = sum(math.prod(s) for s in shapes.values())
+        edges.append(VEdge(i, tuple(e.sources), e.dst, e.op, tuple(e.activations), n_params,
+                           e.key if shapes else None, users.get(e.key, 0) > 1, None,
+                           e.kind == "relay" or nodes[e.dst].relay))
+    succ: dict[str, list[str]] = {n: [] for n in nodes}
+    preds: dict[str, list[str]] = {n: [] for n in nodes}
+    for e in edges:
+        preds[e.dst].extend(e.sources)
+        for s in e.sources:
+            succ[s].append(e.dst)
+    hop: dict[str, int] = {}
+    names = list(nodes)
+    frontier = [n for n in names if nodes[n].root]
+    while len(hop) < len(names):
+        if not frontier:       # a part no root reaches (e.g. a pure cycle)
+            rest = [n for n in names if n not in hop]
+            frontier = [next((n for n in rest if nodes[n].clamped), rest[0])]
+        for n in frontier:
+            hop[n] = 0
+        while frontier:
+            nxt = []
+            for n in frontier:
+                for m in succ[n]:
+                    if m not in hop:
+                        hop[m] = hop[n] + 1
+                        nxt.append(m)
+            frontier = nxt
+    width = max(hop.values(), default=0)
+    columns: dict[int, list[str]] = {}
+    for n in names:
+        columns.setdefault(hop[n], []).append(n)
+    row: dict[str, float] = {}
+    for c in sorted(columns):
+        col = columns[c]
+        key = {}
+        for k, n in enumerate(col):
+            seen = [row[p] for p in preds[n] if p in row]
+            key[n] = sum(seen) / len(seen) if seen else k
+        col.sort(key=lambda n: key[n])
+        for k, n in enumerate(col):
+            row[n] = k
+    lay = Layout(nodes, edges, width, ordered=False, cycle=list(cg.cycle) if cg.cycle else None,
+                 clamp_section=not by_role)
+    lay.rows = max((len(c) for c in columns.values()), default=1)
+    for c, col in columns.items():
+        off = (lay.rows - len(col)) / 2
+        for k, n in enumerate(col):
+            lay.pos[n] = (float(c), -(off + k))
+    return lay
+
+
+def _free_dot(cg, raw: bool, name: str) -> str:
+    lay = free_layout(cg, raw)
+    by_role = not lay.clamp_section
+    on_cycle = _cycle_arcs(lay.cycle)
+    why = _free_why(lay)
+    lines = [f"digraph {_q(name)} {{", "  rankdir=LR;",
+             f"  label={_q(why + '; no update step schedule (energy-based rules only: ' + ENERGY_RULES + ')')};",
+             "  labelloc=t;", '  node [shape=box, style="rounded", fontsize=10];', "  edge [fontsize=8];"]
+    for n, v in lay.nodes.items():
+        tag = _free_tag(v, by_role)
+        label = f"{n}\n{_shape(v.shape)}\n{tag}"
+        if v.clamped:
+            attrs = f'style="rounded,filled,bold", fillcolor="{CLAMPED_FILL}"'
+        elif v.role == "derived":
+            attrs = f'style="rounded,filled,dotted", fillcolor="{ROLE_COLORS["derived"]}"'
+        elif v.root:
+            attrs = 'style="rounded,dashed"'
+        else:
+            attrs = 'style="rounded"'
+        lines.append(f"  {_q(n)} [label={_q(label)}, {attrs}, tooltip={_q(tag)}];")
+    for e in lay.edges:
+        cyc = len(e.sources) == 1 and (e.sources[0], e.dst) in on_cycle
+        c = CYCLE_COLOR if cyc else EDGE_COLOR if e.n_params else PLAIN_COLOR
+        if len(e.sources) == 1:
+            lines.append(f"  {_q(e.sources[0])} -> {_q(e.dst)} [label={_q(e.label)}, color={_q(c)}, "
+                         f"fontcolor={_q(c)}];")
+        else:
+            f = f"factor#{e.index}"
+            lines.append(f"  {_q(f)} [shape=point, width=0.08, label=\"\", xlabel={_q(e.label)}];")
+            for k, s in enumerate(e.sources):
+                lines.append(f"  {_q(s)} -> {_q(f)} [arrowhead=none, color={_q(c)}, taillabel={_q(k)}];")
+            lines.append(f"  {_q(f)} -> {_q(e.dst)} [color={_q(c)}];")
+    lines.append(f"  // {why}: no depths (no rank=same groups), no update steps")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def _draw_free(cg, path: Path, raw: bool = False, title: str | None = None, dpi: int | None = None) -> Path:
+    """The matplotlib drawing of an order-free graph (see :func:`free_layout`). Nodes, title
+    and legend are laid out first; the arrows are then clipped to boxes measured in data
+    coordinates (so the ``bbox_inches="tight"`` crop cannot shift their ends)."""
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import FancyArrowPatch, Patch, Rectangle
+
+    lay = free_layout(cg, raw)
+    by_role = not lay.clamp_section
+    cols, rows = lay.columns, lay.rows
+    big = len(lay.nodes) > 40 or cols > 24
+    colw, rowh = (1.9, 1.45) if not big else (1.45, 1.15)
+    width = min(max(7.0, cols * colw + 2.5), 180.0)
+    height = min(max(3.4, (rows - 1) * rowh + 3.0), 120.0)
+    if dpi is None:
+        dpi = int(max(40, min(110, 12000 / max(width, height))))
+    fs_node = 8.5 if not big else 6.5
+    fs_edge = 7.0 if not big else 5.5
+    fig = Figure(figsize=(width, height))
+    ax = fig.subplots()
+    ax.set_xlim(-0.6, cols - 0.4)
+    ax.set_ylim(-(rows - 1) - 0.8, 0.8)
+    pos = lay.pos
+    texts = {}
+    for n, v in lay.nodes.items():
+        x, y = pos[n]
+        if v.clamped:
+            box = dict(boxstyle="round,pad=0.45", fc=CLAMPED_FILL, ec="black", lw=2.0)
+        elif v.role == "derived":
+            box = dict(boxstyle="round,pad=0.45", fc=ROLE_COLORS["derived"], ec="black", lw=1.0, ls=":")
+        elif v.root:
+            box = dict(boxstyle="round,pad=0.45", fc=FREE_FILL, ec="black", lw=1.2, ls="--")
+        else:
+            box = dict(boxstyle="round,pad=0.45", fc=FREE_FILL, ec="black", lw=1.2)
+        texts[n] = ax.text(x, y, f"{n}\n{_shape(v.shape)}\n{_free_tag(v, by_role)}", fontsize=fs_node,
+                           ha="center", va="center", zorder=3, bbox=box)
+    on_cycle = _cycle_arcs(lay.cycle)
+    arcs = {(e.sources[0], e.dst) for e in lay.edges if len(e.sources) == 1}
+    pairs = {(s, e.dst) for e in lay.edges for s in e.sources}
+
+    def color(e):
+        if len(e.sources) == 1 and (e.sources[0], e.dst) in on_cycle:
+            return CYCLE_COLOR
+        return EDGE_COLOR if e.n_params else PLAIN_COLOR
+
+    # ---- title, axis text, legend; then fix the layout
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for s in ("left", "right", "top", "bottom"):
+        ax.spines[s].set_visible(False)
+    why = _free_why(lay)
+    ax.set_xlabel(f"no update step schedule: energy-based rules only ({ENERGY_RULES});\n"
+                  "columns are hops from the roots (a layout, not inference steps)", fontsize=9)
+    what = "source graph (as written)" if raw else "compiled graph"
+    ax.set_title(f"{title + ': ' if title else ''}{what}, {len(lay.nodes)} nodes, {len(lay.edges)} edges\n{why}",
+                 fontsize=11)
+    clamp_how = "by the clamp section" if lay.clamp_section else "by role: inputs, outputs"
+    handles = [Patch(fc=CLAMPED_FILL, ec="black", lw=2.0, label=f"clamped ({clamp_how}): filled"),
+               Patch(fc=FREE_FILL, ec="black", lw=1.2, label="free: outlined")]
+    if any(v.root and not v.clamped and v.role != "derived" for v in lay.nodes.values()):
+        handles.append(Patch(fc=FREE_FILL, ec="black", lw=1.2, ls="--", label="free root (latent, no in-edges)"))
+    if any(v.role == "derived" and not v.clamped for v in lay.nodes.values()):
+        handles.append(Patch(fc=ROLE_COLORS["derived"], ec="black", ls=":", label="derived (function of clamped)"))
+    if any(len(e.sources) > 1 for e in lay.edges):
+        handles.append(Line2D([], [], marker="o", color="black", ls="", ms=5, label="factor (multi-source edge)"))
+    if any(e.n_params and color(e) == EDGE_COLOR for e in lay.edges):
+        handles.append(Line2D([], [], color=EDGE_COLOR, lw=1.8, label="edge with parameters"))
+    if any(not e.n_params and color(e) == PLAIN_COLOR for e in lay.edges):
+        handles.append(Line2D([], [], color=PLAIN_COLOR, lw=1.0, label="parameter-free edge"))
+    if on_cycle & arcs:
+        handles.append(Line2D([], [], color=CYCLE_COLOR, lw=1.8, label=f"cycle {' -> '.join(lay.cycle)}"))
+    handles.append(Line2D([], [], color="none", label="no update step schedule\n(energy-based rules only)"))
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
+    fig.tight_layout()
+    fig.draw_without_rendering()
+    # ---- node boxes in data coordinates, for clipping the arrows
+    inv = ax.transData.inverted()
+    patch = {}
+    for n, t in texts.items():
+        (x0, y0), (x1, y1) = inv.transform(t.get_bbox_patch().get_window_extent().get_points())
+        patch[n] = ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=0, alpha=0, zorder=0))
+    label_box = dict(boxstyle="round,pad=0.12", fc="white", lw=0.5, alpha=0.9)
+
+    def point(p0, p1, rad, f=0.5):
+        """The point at parameter ``f`` of arc3's quadratic Bezier (computed in display space)."""
+        (d0x, d0y), (d1x, d1y) = ax.transData.transform([p0, p1])
+        b = 2 * f * (1 - f) * rad
+        px = d0x + f * (d1x - d0x) + b * (d1y - d0y)
+        py = d0y + f * (d1y - d0y) - b * (d1x - d0x)
+        return ax.transData.inverted().transform((px, py))
+
+    for e in lay.edges:
+        c = color(e)
+        lw = 1.8 if e.n_params else 1.0
+        ls = "--" if e.relay else "-"
+        x1, y1 = pos[e.dst]
+        if len(e.sources) == 1:
+            s_ = e.sources[0]
+            x0, y0 = pos[s_]
+            span = max(abs(x1 - x0), abs(y1 - y0))
+            rad = 0.0
+            if span > 1.01 and (abs(y1 - y0) < 0.01 or abs(x1 - x0) < 0.01):   # would cross the nodes between
+                rad = -min(0.45, 1.0 / span)
+            if (e.dst, s_) in pairs:     # arcs both ways: two arrows bending to opposite sides
+                rad = 0.3 if rad == 0.0 else max(0.3, abs(rad))
+            ax.add_patch(FancyArrowPatch((x0, y0), (x1, y1), arrowstyle="-|>", mutation_scale=11, color=c, lw=lw,
+                                         ls=ls, connectionstyle=f"arc3,rad={rad}", patchA=patch[s_],
+                                         patchB=patch[e.dst], shrinkA=1, shrinkB=1, zorder=1))
+            lx, ly = point((x0, y0), (x1, y1), rad)
+            ax.text(lx, ly, e.label, fontsize=fs_edge, ha="center", va="center", zorder=4,
+                    bbox={**label_box, "ec": c})
+        else:
+            mx = sum(pos[s][0] for s in e.sources) / len(e.sources)
+            my = sum(pos[s][1] for s in e.sources) / len(e.sources)
+            fx, fy = x1 + 0.45 * (mx - x1), y1 + 0.45 * (my - y1)
+            if abs(fx - x1) + abs(fy - y1) < 0.2:
+                fy += 0.45
+            for s in e.sources:
+                ax.add_patch(FancyArrowPatch(pos[s], (fx, fy), arrowstyle="-", color=c, lw=lw, patchA=patch[s],
+                                             shrinkA=1, shrinkB=2, zorder=1))
+            ax.add_patch(FancyArrowPatch((fx, fy), (x1, y1), arrowstyle="-|>", mutation_scale=11, color=c, lw=lw,
+                                         patchB=patch[e.dst], shrinkA=2, shrinkB=1, zorder=1))
+            ax.plot([fx], [fy], "o", ms=6, color="black", zorder=3)
+            ax.text(fx, fy - 0.12, e.label, fontsize=fs_edge, ha="center", va="top", zorder=4,
+                    bbox={**label_box, "ec": c})
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
     return path
