@@ -157,6 +157,7 @@ class EnergyPC(LearningRule):
         return StepInfo(float(loss), outputs)
 
     # ---- nudging ---------------------------------------------------------------------------
+    @torch.no_grad()
     def _nudged(self, clamps: Clamps) -> StepInfo:
         s, eng = self.settings, self.engine
         batch = clamps.batch()

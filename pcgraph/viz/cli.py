@@ -20,7 +20,9 @@ def add_parsers(sub) -> None:
     viz = sub.add_parser("viz", help="draw the compiled graph (png, svg, pdf, dot)",
                          description="Draw the compiled graph laid out by depth (one column per inference "
                                      "step; edges coloured by Z-IL's update step, relays dashed) to FILE: "
-                                     ".png, .svg, .pdf (matplotlib) or .dot (Graphviz text).")
+                                     ".png, .svg, .pdf (matplotlib) or .dot (Graphviz text). An order-free "
+                                     "graph (a cycle, or a 'clamp:' section) has no steps: clamped nodes are "
+                                     "drawn filled, free ones outlined, columns are hops from the roots.")
     _spec_args(viz)
     viz.add_argument("-o", "--out", required=True, metavar="FILE", help="picture to write (.png .svg .pdf .dot)")
     viz.add_argument("--raw", action="store_true", help="draw the graph as written (no relays)")
@@ -47,16 +49,26 @@ def add_parsers(sub) -> None:
 
 def cmd_viz(args: argparse.Namespace) -> int:
     from ..cli import load_spec
-    from ..errors import SpecError
+    from ..compile import compile_graph
+    from ..errors import CompileError, SpecError
     from ..train import Experiment
     from .graph import draw_compiled
 
     spec = load_spec(args)
-    exp = Experiment.build(spec, "cpu", "float32", with_data=False)
+    note = ""
+    try:
+        compiled = Experiment.build(spec, "cpu", "float32", with_data=False).compiled
+    except CompileError:
+        # a rule that needs an order refuses an order-free graph; the picture does not need the rule
+        compiled = compile_graph(spec.model, spec.loss, clamped=spec.clamped_nodes())
+        if compiled.ordered:
+            raise
+        note = (f" (order-free graph: rule {spec.train.algorithm.name!r} needs an order and refuses it; "
+                "drawn without the rule)")
     if args.wrap is not None and args.wrap < 0:
         raise SpecError(f"--wrap must be >= 0, got {args.wrap}", "--wrap")
-    path = draw_compiled(exp.compiled, args.out, raw=args.raw, title=spec.name, wrap=args.wrap)
-    print(f"wrote {path}")
+    path = draw_compiled(compiled, args.out, raw=args.raw, title=spec.name, wrap=args.wrap)
+    print(f"wrote {path}{note}")
     return 0
 
 

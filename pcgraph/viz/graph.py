@@ -557,7 +557,7 @@ def _draw_free(cg, path: Path, raw: bool = False, title: str | None = None, dpi:
     big = len(lay.nodes) > 40 or cols > 24
     colw, rowh = (1.9, 1.45) if not big else (1.45, 1.15)
     width = min(max(7.0, cols * colw + 2.5), 180.0)
-    height = min(max(3.4, (rows - 1) * rowh + 3.0), 120.0)
+    height = min(max(3.2, (rows - 1) * rowh + 2.8), 120.0)
     if dpi is None:
         dpi = int(max(40, min(110, 12000 / max(width, height))))
     fs_node = 8.5 if not big else 6.5
@@ -565,7 +565,7 @@ def _draw_free(cg, path: Path, raw: bool = False, title: str | None = None, dpi:
     fig = Figure(figsize=(width, height))
     ax = fig.subplots()
     ax.set_xlim(-0.6, cols - 0.4)
-    ax.set_ylim(-(rows - 1) - 0.8, 0.8)
+    ax.set_ylim(-(rows - 1) - 0.7, 0.7)
     pos = lay.pos
     texts = {}
     for n, v in lay.nodes.items():
@@ -658,16 +658,17 @@ def _draw_free(cg, path: Path, raw: bool = False, title: str | None = None, dpi:
         else:
             mx = sum(pos[s][0] for s in e.sources) / len(e.sources)
             my = sum(pos[s][1] for s in e.sources) / len(e.sources)
-            fx, fy = x1 + 0.45 * (mx - x1), y1 + 0.45 * (my - y1)
-            if abs(fx - x1) + abs(fy - y1) < 0.2:
-                fy += 0.45
+            fx, fy = x1 + 0.55 * (mx - x1), y1 + 0.55 * (my - y1)
+            if abs(fx - x1) + abs(fy - y1) < 0.3:
+                fy += 0.5
             for s in e.sources:
                 ax.add_patch(FancyArrowPatch(pos[s], (fx, fy), arrowstyle="-", color=c, lw=lw, patchA=patch[s],
                                              shrinkA=1, shrinkB=2, zorder=1))
             ax.add_patch(FancyArrowPatch((fx, fy), (x1, y1), arrowstyle="-|>", mutation_scale=11, color=c, lw=lw,
                                          patchB=patch[e.dst], shrinkA=2, shrinkB=1, zorder=1))
             ax.plot([fx], [fy], "o", ms=6, color="black", zorder=3)
-            ax.text(fx, fy - 0.12, e.label, fontsize=fs_edge, ha="center", va="top", zorder=4,
-                    bbox={**label_box, "ec": c})
+            right = x1 >= fx        # the label on the side away from the target
+            ax.text(fx + (-0.04 if right else 0.04), fy + 0.04, e.label, fontsize=fs_edge,
+                    ha="right" if right else "left", va="bottom", zorder=4, bbox={**label_box, "ec": c})
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
     return path

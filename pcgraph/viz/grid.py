@@ -48,8 +48,7 @@ def query_grid(result, graph, path: str | Path, rows: int = 8) -> Path | None:
     fig, axes = plt.subplots(n, len(cols), figsize=(1.5 * len(cols) + 0.6, 1.5 * n + 0.6), squeeze=False)
     lo = min(float(torch.nan_to_num(c[2][:n], nan=0.0).min()) for c in cols)
     hi = max(float(torch.nan_to_num(c[2][:n], nan=0.0).max()) for c in cols)
-    cmap = matplotlib.colormaps["gray"].copy()
-    cmap.set_bad("#d04040")          # units the query left free (not clamped)
+    cmap = matplotlib.colormaps["gray"].with_extremes(bad="#d04040")   # units the query left free
     for i in range(n):
         for j, (v, what, data) in enumerate(cols):
             ax = axes[i][j]
