@@ -17,7 +17,6 @@ the tolerance stop.
 from __future__ import annotations
 
 import copy
-import time
 from pathlib import Path
 
 import pytest
@@ -89,8 +88,10 @@ def autograd_grad(net, x: dict, targets: dict, free: list[str], priors=None):
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    """max |a - b| relative to the scale of ``b`` (at least 1)."""
-    return float((a - b).abs().max()) / max(1.0, float(b.abs().max()))
+    """max |a - b| relative to the scale of ``b`` (max |b|; absolute where ``b`` is 0)."""
+    scale = float(b.abs().max())
+    err = float((a - b).abs().max())
+    return err / scale if scale > 0 else err
 
 
 def make_engine(net, config: EngineConfig | None = None, gamma: float = 1.0, priors=None) -> EnergyEngine:
@@ -102,7 +103,8 @@ def make_engine(net, config: EngineConfig | None = None, gamma: float = 1.0, pri
 def perturbed_start(engine: EnergyEngine, clamps: Clamps, seed: int = 5, sigma: float = 0.3):
     """The engine's start, every free unit moved by noise (errors are then non-zero)."""
     g = torch.Generator().manual_seed(seed)
-    x = engine.start(clamps)
+    with torch.no_grad():
+        x = engine.start(clamps)
     for v in engine.free_nodes(clamps):
         noisy = x[v] + sigma * torch.randn(x[v].shape, generator=g, dtype=DT)
         if v in clamps.masks:
@@ -120,8 +122,13 @@ def random_graph(n: int, seed: int) -> Graph:
     return Graph(torch.tensor(keep, dtype=torch.long).t().contiguous(), n)
 
 
+# bartunov_cifar_lc has 50M parameters: fewer channels (l2, l3: 32) and units (h: 64), its
+# geometry (kernels, strides, padding) unchanged, as tests/test_graphs.py cuts it
+SMALL = {"bartunov_cifar_lc": ["model.nodes[2].shape=[32]", "model.nodes[3].shape=[32]", "model.nodes[4].shape=[64]"]}
+
+
 def build_spec(path: Path):
-    spec = Spec.load(path)
+    spec = Spec.load(path, overrides=SMALL.get(path.stem, []))
     exp = Experiment.build(spec, device="cpu", dtype="float64", with_data=False)
     net = exp.net
     if graph_ops(net.compiled):          # a graph dataset's side input: a small random graph on B vertices
@@ -171,7 +178,7 @@ def _modes(path: Path) -> list[str]:
 SPEC_MODES = [pytest.param(p, m, id=f"{p.stem}-{m}") for p in SPECS for m in _modes(p)]
 
 
-def check_gradient(net, engine: EnergyEngine, clamps: Clamps, seed: int = 5, tol: float = TOL):
+def check_gradient(net, engine: EnergyEngine, clamps: Clamps, seed: int = 5, tol: float = TOL, params: bool = True):
     x = perturbed_start(engine, clamps, seed)
     free = engine.free_nodes(clamps)
     assert free, "nothing is free"
@@ -192,6 +199,18 @@ def check_gradient(net, engine: EnergyEngine, clamps: Clamps, seed: int = 5, tol
         assert rel(g[v], want) <= tol, f"{v}: {rel(g[v], want):.3g}"
     assert abs(float(energy) - float(F_ref)) <= tol * max(1.0, abs(float(F_ref))), (float(energy), float(F_ref))
     assert float(F_ref) > 0
+    if params:      # the local updates sum_b (d op/d theta)^T e_c are -dF/dtheta (shared groups summed)
+        with torch.no_grad():
+            updates = engine.updates(x, eps, 0)
+        named = [(k, n, p) for k, group in net.params.items() for n, p in group.items()]
+        xs = {v: t.detach() for v, t in x.items()}
+        gp = torch.autograd.grad(ref_energy(net, xs, targets, free, engine.priors), [p for *_, p in named],
+                                 allow_unused=True)
+        for (k, n, p), want in zip(named, gp):
+            want = torch.zeros_like(p) if want is None else want
+            got = updates.get(k, {}).get(n)
+            got = torch.zeros_like(p) if got is None else -got
+            assert rel(got, want) <= tol, f"params.{k}.{n}: {rel(got, want):.3g}"
     return x, g
 
 
@@ -215,6 +234,35 @@ def test_spec_activity_gradient_is_autograds(path, mode):
         assert torch.equal(x0[v], clamps.starts[v])
     x, g = check_gradient(net, engine, clamps)
     assert any(float(t.abs().max()) > 1e-6 for t in g.values())
+
+
+@pytest.mark.parametrize("init,std", [("zeros", 0.0), ("noise", 0.5), ("forward", 0.5)])
+@pytest.mark.parametrize("name", ["adding_rnn", "cora_gcn"])
+def test_start_inits_hold_derived_nodes(name, init, std):
+    """Whatever the init, derived nodes start (and stay) at their feed-forward value; the free
+    nodes start at zeros, N(0, std^2), or the forward value plus N(0, std^2)."""
+    path = GRAPHS / f"{name}.yaml"
+    if not path.exists():
+        pytest.skip(f"{path.name} is gone")
+    spec, net = build_spec(path)
+    cg = net.compiled
+    assert cg.derived
+    clamps = spec_clamps(spec, cg, "training")
+    engine = make_engine(net, EngineConfig(init=init, init_std=std, T=2))
+    x = engine.start(clamps, torch.Generator().manual_seed(0))
+    fwd = make_engine(net).start(clamps)
+    for v in cg.derived:
+        assert torch.equal(x[v], fwd[v])
+    for v in engine.free_nodes(clamps):
+        if init == "zeros":
+            assert not x[v].any()
+        elif init == "noise":
+            assert 0.2 < float(x[v].std()) < 1.0
+        else:
+            assert 0 < float((x[v] - fwd[v]).abs().max()) and float((x[v] - fwd[v]).std()) < 1.0
+    out = engine.run(clamps, torch.Generator().manual_seed(0))
+    for v in cg.derived:
+        assert torch.equal(out.values[v], fwd[v])
 
 
 # ---- a cyclic graph; a generative graph with a prior and a mask --------------------------------
@@ -268,7 +316,7 @@ def test_generative_graph_prior_on_a_free_root():
     # the prior's share: without it the label's gradient loses exactly lambda x
     no_prior = make_engine(net, priors={})
     with torch.no_grad():
-        _, eps = no_prior.errors(x, {})
+        _, eps = no_prior.errors(x, no_prior.targets_of(clamps))
         g0 = no_prior.gradient(x, eps, no_prior.drives(x, eps, ["label", "h"]), clamps)
     assert rel(g["label"] - g0["label"], 0.5 * x["label"]) <= TOL
     assert torch.equal(g["h"], g0["h"])
@@ -394,7 +442,23 @@ def test_heun_step(which):
         want = x0[v] - lr / 2 * (g1[v] + g2[v])
         assert rel(out.values[v], want) <= TOL, v
         # and heun is not euler: the second evaluation matters
-        assert float((out.values[v] - (x0[v] - lr * g1[v])).abs().max()) > 1e-8 or v in clamps.masks
+        assert float((out.values[v] - (x0[v] - lr * g1[v])).abs().max()) > 1e-8, v
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: an activity optimizer given without lr steps with torch's default "
+                   "lr (1e-3) while EngineConfig.lr, check_activity_optimizer and the plain path use 0.1 "
+                   "(pcgraph/compile/energy.py EnergyEngine._torch_optimizer passes the config without lr)")
+def test_activity_optimizer_default_lr_is_the_same_on_every_path():
+    """{name: sgd} (the plain step) and {name: sgd, momentum: 0} (torch.optim.SGD) are the same
+    optimizer; without an lr both must take EngineConfig's lr (0.1)."""
+    net, clamps = _cases()["mlp"]
+    plain = EngineConfig(optimizer={"name": "sgd"}, T=3)
+    torch_sgd = EngineConfig(optimizer={"name": "sgd", "momentum": 0.0}, T=3)
+    assert plain.lr == torch_sgd.lr == 0.1
+    a = make_engine(net, plain, gamma=plain.lr).run(clamps)
+    b = make_engine(net, torch_sgd).run(clamps)
+    for v in a.values:
+        assert rel(b.values[v], a.values[v]) <= TOL, v
 
 
 # ---- il is one configuration of the engine -----------------------------------------------------
@@ -447,20 +511,62 @@ def test_torch_sgd_without_momentum_is_il_reference_bitwise(mlp_batch, gamma):
     assert _equal(pc, ref)
 
 
+@pytest.mark.parametrize("noise", [0.0, 0.2])
+def test_pc_init_std_is_il_init_noise_bitwise(mlp_batch, noise):
+    """The noisy forward start: pc's init_std draws what il's init_noise draws (same generator,
+    same nodes, same order), on the plan and on the general loop."""
+    net, inputs, targets = mlp_batch
+    settings = {"T": 5, "optimizer": {"name": "sgd", "lr": 0.2}, "init_std": noise, "update_at": 3}
+    pc = rule_grads(net, "pc", settings, inputs, targets)
+    il = rule_grads(net, "il", {"T": 5, "gamma": 0.2, "init_noise": noise, "update_at": 3}, inputs, targets)
+    assert _equal(pc, il)
+    pc_loop = rule_grads(net, "pc", settings, inputs, targets, _no_plan)
+    il_ref = rule_grads(net, "il", {"T": 5, "gamma": 0.2, "init_noise": noise, "update_at": 3, "reference": True},
+                        inputs, targets)
+    assert _equal(pc_loop, il_ref)
+    for k in pc:
+        assert rel(pc_loop[k], pc[k]) <= TOL, k
+
+
+def test_il_on_a_cyclic_graph_is_pc_and_autograds_dF_dtheta():
+    """An order-free graph: il runs the engine's general loop, the same as pc's; the weight
+    gradient is dF/dtheta / B at the values inference ends with."""
+    net = cyclic_net()
+    inputs = {"x": _rand((B, 5), 0)}
+    targets = {"y": _rand((B, 4), 1)}
+    il = rule_grads(net, "il", {"T": 6, "gamma": 0.2}, inputs, targets)
+    pc = rule_grads(net, "pc", {"T": 6, "optimizer": {"name": "sgd", "lr": 0.2}}, inputs, targets)
+    assert _equal(il, pc)
+    engine = make_engine(net, EngineConfig(T=6, optimizer={"name": "sgd", "lr": 0.2}), gamma=0.2)
+    clamps = Clamps.by_role(inputs, targets)
+    out = engine.run(clamps)
+    xs = {**inputs, **{v: t.detach() for v, t in out.values.items()}}
+    named = list(net.named_parameters())
+    gp = torch.autograd.grad(ref_energy(net, xs, targets), [p for _, p in named])
+    for (k, _), want in zip(named, gp):
+        assert rel(il[k], want / B) <= TOL, k
+
+
 # ---- ipc ---------------------------------------------------------------------------------------
 
-def test_ipc_is_a_hand_written_ipc_loop():
+def _ipc_check(loss: str, momentum: float | None, unlabelled: bool = False):
+    """One iPC batch (``exp.step``) against T hand steps: the values by SGD(lr_x) on dF/dx, the
+    weights by torch.optim.SGD(lr_w) on dF/dW / (labelled samples), both from F at step t."""
     T, lr_x, lr_w = 6, 0.1, 0.05
-    spec = mlp_spec((10, 9, 8), act="tanh", bias=True, algorithm="ipc",
+    spec = mlp_spec((10, 9, 8), act="tanh", bias=True, algorithm="ipc", loss=loss,
                     optimizer={"name": "sgd", "lr": lr_w})
-    spec.train.algorithm.settings = {"T": T, "optimizer": {"name": "sgd", "lr": lr_x}}
+    act = {"name": "sgd", "lr": lr_x, **({} if momentum is None else {"momentum": momentum})}
+    spec.train.algorithm.settings = {"T": T, "optimizer": act}
     exp = Experiment.build(spec, device="cpu", dtype="float64", with_data=False)
     net = exp.net
     assert exp.rule.name == "ipc" and exp.rule.steps_optimizer
     cg = net.compiled
     inputs, targets = random_batch(cg, batch=B, seed=3)
+    n = B
+    if unlabelled:                      # a graph dataset's masked vertex: label IGNORE, no loss
+        targets["y"][1] = -100
+        n = B - 1
 
-    # the hand loop, on a copy: values and weights both step from F at the same state
     ref = copy.deepcopy(net)
     params = list(ref.parameters())
     wopt = torch.optim.SGD(params, lr=lr_w)
@@ -468,25 +574,40 @@ def test_ipc_is_a_hand_written_ipc_loop():
         x = ref.values(inputs)
     x = {v: t for v, t in x.items() if v not in targets}
     hidden = [v for v in cg.order if cg.role(v) == "hidden"]
+    vals = {v: x[v].clone() for v in hidden}
+    xopt = torch.optim.SGD([vals[v] for v in hidden], lr=lr_x, momentum=momentum or 0.0)
     for _ in range(T):
-        leaves = {v: x[v].detach().clone().requires_grad_(True) for v in hidden}
-        xs = {**x, **leaves}
-        Fv = ref_energy(ref, xs, targets, hidden)
+        leaves = {v: vals[v].detach().clone().requires_grad_(True) for v in hidden}
+        Fv = ref_energy(ref, {**x, **leaves}, targets, hidden)
         grads = torch.autograd.grad(Fv, [leaves[v] for v in hidden] + params)
-        gx, gw = grads[:len(hidden)], grads[len(hidden):]
-        with torch.no_grad():
-            x = {**x, **{v: leaves[v] - lr_x * g for v, g in zip(hidden, gx)}}
-        for p, g in zip(params, gw):
-            p.grad = g / B
+        for v, g in zip(hidden, grads[:len(hidden)]):
+            vals[v].grad = g
+        xopt.step()
+        for p, g in zip(params, grads[len(hidden):]):
+            p.grad = g / n
         wopt.step()
         wopt.zero_grad(set_to_none=True)
 
     before = {k: p.detach().clone() for k, p in net.named_parameters()}
     exp.step(inputs, targets)
     for (k, p), q in zip(net.named_parameters(), params):
-        assert rel(p.detach() - before[k], q.detach() - before[k]) <= 1e-10, k
+        moved = float((p.detach() - before[k]).abs().max())
+        assert moved > 1e-8, k
+        assert rel(p.detach() - before[k], q.detach() - before[k]) <= 1e-9, (k, rel(p.detach() - before[k], q.detach() - before[k]))
         assert rel(p.detach(), q.detach()) <= TOL, k
-        assert float((p.detach() - before[k]).abs().max()) > 1e-8, k
+
+
+@pytest.mark.parametrize("momentum", [None, 0.5], ids=["sgd", "sgd_momentum"])
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
+def test_ipc_is_a_hand_written_ipc_loop(loss, momentum):
+    _ipc_check(loss, momentum)
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: ipc scales its per-step weight gradients by 1/B, not by 1/(labelled "
+                   "samples): Objective.labelled is only set by objective.value(), which EnergyPC calls in _loss "
+                   "after inference, i.e. after the weights already stepped (pcgraph/rules/pc.py compute_grads)")
+def test_ipc_counts_only_labelled_samples():
+    _ipc_check("cross_entropy", None, unlabelled=True)
 
 
 # ---- nudging -----------------------------------------------------------------------------------
@@ -508,6 +629,28 @@ def test_nudged_target(beta):
             want = p + beta * (onehot - p)
             assert rel(rule.nudged_target("y", mu, onehot, beta), want) <= TOL
         assert rel(rule.nudged_target("y", mu, y, beta), want) <= TOL
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: EnergyPC.nudged_target one-hots the labels with F.one_hot, which "
+                   "raises on IGNORE (-100), the label of an unlabelled sample (graph datasets' masked vertices); "
+                   "the soft-target CE error (CrossEntropy.error) does not zero NaN rows either "
+                   "(pcgraph/rules/pc.py nudged_target, pcgraph/ops/losses.py CrossEntropy.error)")
+@pytest.mark.parametrize("nudge", ["positive", "centered"])
+def test_cross_entropy_nudging_with_an_unlabelled_sample(nudge):
+    """An unlabelled sample has no loss: nudging must leave its rows out, as plain pc does
+    (the labelled samples alone give the gradient, counted by the labelled samples)."""
+    net = mlp_net(loss="cross_entropy")
+    inputs, targets = random_batch(net.compiled, batch=B, seed=3)
+    targets["y"][1] = -100
+    keep = torch.tensor([0, 2])
+    base = {"T": 6, "optimizer": {"name": "sgd", "lr": 0.1}}
+    got = rule_grads(net, "pc", {**base, "nudge": nudge, "beta": 1.0 if nudge == "positive" else 0.25},
+                     inputs, targets)
+    assert all(torch.isfinite(g).all() for g in got.values())
+    if nudge == "positive":          # beta = 1 is pc on the labelled samples alone
+        want = rule_grads(net, "pc", base, {"x": inputs["x"][keep]}, {"y": targets["y"][keep]})
+        for k in want:
+            assert rel(got[k], want[k]) <= 1e-12, k
 
 
 @pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
@@ -555,8 +698,7 @@ def test_nudging_is_two_engine_runs_by_hand(loss, nudge):
         for n, u in grp.items():
             want = -u / B                       # mean reduction: -(1/B) sum_b update
             assert rel(got[f"params.{k}.{n}"], want) <= TOL, (k, n)
-    # centered nudging approximates pc's (beta -> 0) gradient: finite and of the same sign mostly
-    assert all(torch.isfinite(g).all() for g in got.values())
+    assert all(torch.isfinite(g).all() and float(g.abs().max()) > 0 for g in got.values())
 
 
 # ---- tolerance ---------------------------------------------------------------------------------
@@ -574,6 +716,8 @@ def test_tolerance_stops_early_and_energy_decreases():
     assert all(d >= 0 for d in drops), drops
     assert all(d >= tol for d in drops[:-1]) and drops[-1] < tol
     assert float(out.final_energy) == curve[-1]
+    F_end = ref_energy(net, {**inputs, **out.values}, targets)
+    assert abs(curve[-1] - float(F_end)) <= TOL * float(F_end)
     # without tol: all T + 1 steps, and the same path up to the stop
     full = make_engine(net, EngineConfig(T=len(curve) + 5, optimizer={"name": "sgd", "lr": 0.02}), gamma=0.02)
     full_curve = full.run(clamps, record=True).energy_curve()

@@ -154,4 +154,6 @@ class InferenceLearning(LearningRule):
         s = self.settings
         head = (f"rule {self.name}: T={self.T} gamma={s.gamma} update_at={s.update_at if s.update_at is not None else self.T} "
                 f"init_noise={s.init_noise}{' (reference interpreter)' if s.reference else ''}")
+        if self.plan is None:
+            return head + "\n(order-free graph: the energy engine's general loop, every quantity at every step)"
         return head + "\n" + self.plan.describe(self.net.compiled)

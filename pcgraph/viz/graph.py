@@ -538,7 +538,7 @@ def _free_dot(cg, raw: bool, name: str) -> str:
             for k, s in enumerate(e.sources):
                 lines.append(f"  {_q(s)} -> {_q(f)} [arrowhead=none, color={_q(c)}, taillabel={_q(k)}];")
             lines.append(f"  {_q(f)} -> {_q(e.dst)} [color={_q(c)}];")
-    lines.append(f"  // {why}: no depths (no rank=same groups), no update steps")
+    lines.append(f"  // {why}: no depths (no rank groups), no update steps")
     lines.append("}")
     return "\n".join(lines) + "\n"
 
