@@ -447,9 +447,6 @@ def test_heun_step(which):
         assert float((out.values[v] - (x0[v] - lr * g1[v])).abs().max()) > 1e-8, v
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: an activity optimizer given without lr steps with torch's default "
-                   "lr (1e-3) while EngineConfig.lr, check_activity_optimizer and the plain path use 0.1 "
-                   "(pcgraph/compile/energy.py EnergyEngine._torch_optimizer passes the config without lr)")
 def test_activity_optimizer_default_lr_is_the_same_on_every_path():
     """{name: sgd} (the plain step) and {name: sgd, momentum: 0} (torch.optim.SGD) are the same
     optimizer; without an lr both must take EngineConfig's lr (0.1)."""
@@ -606,9 +603,6 @@ def test_ipc_is_a_hand_written_ipc_loop(loss, momentum):
     _ipc_check(loss, momentum)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: ipc scales its per-step weight gradients by 1/B, not by 1/(labelled "
-                   "samples): Objective.labelled is only set by objective.value(), which EnergyPC calls in _loss "
-                   "after inference, i.e. after the weights already stepped (pcgraph/rules/pc.py compute_grads)")
 def test_ipc_counts_only_labelled_samples():
     _ipc_check("cross_entropy", None, unlabelled=True)
 
@@ -634,10 +628,6 @@ def test_nudged_target(beta):
         assert rel(rule.nudged_target("y", mu, y, beta), want) <= TOL
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: EnergyPC.nudged_target one-hots the labels with F.one_hot, which "
-                   "raises on IGNORE (-100), the label of an unlabelled sample (graph datasets' masked vertices); "
-                   "the soft-target CE error (CrossEntropy.error) does not zero NaN rows either "
-                   "(pcgraph/rules/pc.py nudged_target, pcgraph/ops/losses.py CrossEntropy.error)")
 @pytest.mark.parametrize("nudge", ["positive", "centered"])
 def test_cross_entropy_nudging_with_an_unlabelled_sample(nudge):
     """An unlabelled sample has no loss: nudging must leave its rows out, as plain pc does

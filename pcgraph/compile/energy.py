@@ -384,6 +384,7 @@ class EnergyEngine:
         from ..train.optim import OPTIMIZERS
 
         cfg = dict(self.config.optimizer)
+        cfg.setdefault("lr", self.config.lr)     # the same default step on every path
         cls = OPTIMIZERS.get(cfg.pop("name"))
         for v in free:
             x[v] = x[v].clone()          # the optimizer steps these tensors in place

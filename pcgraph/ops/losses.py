@@ -111,7 +111,11 @@ class CrossEntropy(Loss):
         # (probabilities, the shape of mu) is torch's class-probability cross-entropy
         flat = mu.reshape(mu.shape[0], -1)
         if target.is_floating_point():
-            return torch.nn.functional.cross_entropy(flat, target.reshape(flat.shape))
+            target = target.reshape(flat.shape)
+            lab = self.labelled(target)
+            if not bool(lab.all()):
+                flat, target = flat[lab], target[lab]
+            return torch.nn.functional.cross_entropy(flat, target)
         return torch.nn.functional.cross_entropy(flat, target, ignore_index=IGNORE)
 
     def value_count(self, mu, target):
@@ -131,7 +135,8 @@ class CrossEntropy(Loss):
         # log-softmax is the loss value's when the value was taken of this same ``mu``.
         if target.is_floating_point():      # a soft target (a distribution, e.g. a nudged one)
             flat = mu.reshape(mu.shape[0], -1)
-            return (target.reshape(flat.shape) - torch.softmax(flat, 1)).reshape(mu.shape)
+            e = target.reshape(flat.shape) - torch.softmax(flat, 1)
+            return e.masked_fill(target.reshape(flat.shape).isnan(), 0.0).reshape(mu.shape)
         last = self._last
         if last is not None and last[0] is mu and last[2] is target and last[1] == mu._version:
             logp = last[3]

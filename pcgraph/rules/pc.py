@@ -128,6 +128,10 @@ class EnergyPC(LearningRule):
                 raise RuntimeError("ipc steps the weights itself at every inference step: bind the trainer's "
                                    "optimizers first (rule.bind_optimizers)")
 
+            targets = self.engine.targets_of(clamps)
+            if targets:        # the reduction counts the labelled samples from the first step on
+                self.objective.labelled = self.objective.count_labelled(targets, targets)
+
             def on_update(updates, t):
                 self.write_grads(updates, batch)
                 self._step_optimizers()
@@ -189,8 +193,12 @@ class EnergyPC(LearningRule):
         if loss.name == "cross_entropy":
             flat = mu.reshape(mu.shape[0], -1)
             p = torch.softmax(flat, 1)
-            onehot = y if y.is_floating_point() else torch.nn.functional.one_hot(y, flat.shape[1]).to(p.dtype)
-            return p + beta * (onehot.reshape(p.shape) - p)
+            if y.is_floating_point():
+                onehot = y.reshape(p.shape)
+            else:               # an unlabelled sample (-100) gets a NaN row: no error, no update
+                onehot = torch.nn.functional.one_hot(y.clamp(min=0), flat.shape[1]).to(p.dtype)
+                onehot = onehot.masked_fill((y < 0).unsqueeze(1), float("nan"))
+            return p + beta * (onehot - p)
         return mu + beta * (y - mu)
 
     # ---- state -----------------------------------------------------------------------------
