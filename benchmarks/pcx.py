@@ -88,7 +88,8 @@ def run_one(dataset: str, method: str, seed: int, epochs: int, until: int, out: 
     except TrainingError as exc:        # the checkpoint keeps the last good epoch
         diverged = str(exc)
         log(f"{dataset:6s} {method:6s} seed {seed}: {diverged}")
-    keep = ("epoch", "test_accuracy", "test_loss", "train_loss", "seconds", "lr")
+    keep = ("epoch", "test_accuracy", "test_loss", "train_loss", "seconds", "lr", "train_energy_start",
+            "train_energy_end")
     history = [{k: h[k] for k in keep if k in h} for h in trainer.history if h["epoch"] <= until]
     return {"history": history, "diverged": diverged}
 
@@ -152,7 +153,9 @@ def table(results: dict, args) -> str:
         f"(its Table 1 text was not readable from this workspace); no number is given in their place.",
         f"- **CPU budget**: {args.until} epoch(s) of a {args.epochs}-epoch schedule vs PCX's {PCX_EPOCHS}, "
         f"{n} seed(s) vs PCX's {PCX_SEEDS} ({over}). PCX's full setup: `{FULL_COMMAND}`.",
-        "- Seconds per epoch: training only (the test pass excluded), one CPU thread, a shared machine.",
+        "- Seconds per epoch: training only (the test pass excluded), one CPU thread, on a shared 2-core machine "
+        "where other jobs ran at the same time: they vary up to ~3x between runs (compare within a column "
+        "with care).",
         "- Test accuracy over all 10 000 test images (PCX drops the last partial batch: 9 984).",
         "- Departures from PCX (see the specs' header): pixels in [0, 1] (PCX: [-1, 1]); GELU for every preset "
         "(PCX: leaky_relu for iPC, hard_tanh for BP-CE, and on FashionMNIST leaky_relu for NN, relu for BP-SE); "

@@ -416,12 +416,19 @@ def make_method(token: str, name: str, variants, spec, base, cfg: BenchConfig) -
             compute = _compile(rule.compute_grads, f"{token}'s compute_grads")
             note = "torch.compile of compute_grads (gradients checked against eager)"
 
+    def step_all():
+        for o in opts:
+            o.step()
+            o.zero_grad(set_to_none=True)
+    rule.bind_optimizers(step_all)          # (iPC steps the weights at every inference step)
+
     def step(inputs, targets):
         for o in opts:
             o.zero_grad(set_to_none=True)
         compute(inputs, targets)
-        for o in opts:
-            o.step()
+        if not rule.steps_optimizer:
+            for o in opts:
+                o.step()
     return Method(token, step, [net, rule, *opts], note, net, compute)
 
 

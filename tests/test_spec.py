@@ -104,7 +104,10 @@ def test_base_spec_is_valid():
 def test_bundled_graphs_validate(path):
     spec = Spec.load(path)
     assert spec.source == str(path)
-    assert spec.model.inputs and spec.model.outputs
+    if spec.clamp is None:      # clamped by role: inputs and outputs
+        assert spec.model.inputs and spec.model.outputs
+    else:                       # clamped by its clamp section: every clamped node exists, queries named
+        assert set(spec.clamp) <= set(spec.model.nodes) and spec.queries and spec.evaluate in spec.queries
 
 
 # ---- unknown keys list the known keys -----------------------------------------------------

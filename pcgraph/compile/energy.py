@@ -347,6 +347,7 @@ class EnergyEngine:
             mu, eps = self.errors(x, targets)
             if t == 0:
                 start_mu = {o: mu[o] for o in targets}
+                first = self.energies(x, mu, eps, targets, free)
             k.observe(t, eps, list(eps))
             stop = t == T
             if record or c.tol is not None:
@@ -377,8 +378,9 @@ class EnergyEngine:
             if step_updates is not None:       # iPC: the weights step beside the values, both from F at t
                 on_update(step_updates, t)
             x = self._move(x, mu, eps, drive, clamps, free, targets, opt)
-        total = sum(final.values(), torch.zeros((), dtype=next(iter(x.values())).dtype))
-        return Inference(x, eps, acc, trace, targets, total, start_mu)
+        zero = torch.zeros((), dtype=next(iter(x.values())).dtype)
+        return Inference(x, eps, acc, trace, targets, sum(final.values(), zero), start_mu,
+                         sum(first.values(), zero))
 
     def _torch_optimizer(self, x: dict[str, Tensor], free: list[str]) -> torch.optim.Optimizer:
         from ..train.optim import OPTIMIZERS
@@ -437,6 +439,12 @@ class Inference:
     final_energy: Tensor | None = None
     #: the loss-clamped outputs' predictions at the start (the feed-forward ones on an ordered graph)
     start_mu: dict = field(default_factory=dict)
+    #: ``F`` at the start (0-dim tensor)
+    start_energy: Tensor | None = None
+
+    def energy_per_sample(self, batch: int) -> tuple[float, float]:
+        """``(F at the start, F at the end) / batch``."""
+        return float(self.start_energy) / batch, float(self.final_energy) / batch
 
     def energy_curve(self) -> list[float]:
         return [float(r["energy"]) for r in self.trace]

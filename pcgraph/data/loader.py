@@ -74,7 +74,8 @@ class GraphBatches:
         for n in self.image_nodes:
             shape = g.nodes[n].shape
             if math.prod(shape) != n_data:
-                raise DataError(f"node {n!r} has shape {list(shape)} ({math.prod(shape)} values) but "
+                what = "input node" if g.nodes[n].role == "input" else "node"
+                raise DataError(f"{what} {n!r} has shape {list(shape)} ({math.prod(shape)} values) but "
                                 f"{splits.name} samples have shape {list(splits.sample_shape)} ({n_data})",
                                 g.where_node(n) if n in compiled.source.nodes else "model.nodes")
             if n in compiled.losses and compiled.losses[n].name not in REGRESSION_LOSSES:

@@ -34,6 +34,8 @@ from ..settings import parse_dataclass
 class StepInfo:
     loss: float                          # the reduced objective of the feed-forward prediction
     outputs: dict[str, torch.Tensor]
+    #: energy-based rules: the energy per sample at the start and at the end of inference
+    energy: tuple[float, float] | None = None
 
 
 @dataclass

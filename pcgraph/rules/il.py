@@ -141,7 +141,8 @@ class InferenceLearning(LearningRule):
         else:
             loss = float(out.final_energy) * self.objective.scale(batch)
         self.write_grads(out.updates, batch)
-        return StepInfo(loss, {v: out.values[v] for v in self.net.compiled.graph.outputs if v in out.values})
+        return StepInfo(loss, {v: out.values[v] for v in self.net.compiled.graph.outputs if v in out.values},
+                        out.energy_per_sample(batch))
 
     def get_extra_state(self):
         return {"generator": self.generator.get_state()}

@@ -139,7 +139,8 @@ class EnergyPC(LearningRule):
         loss = self._loss(out, batch)
         if not self.steps_optimizer:
             self.write_grads(out.updates, batch)
-        return StepInfo(loss, {v: out.values[v] for v in self.net.compiled.graph.outputs if v in out.values})
+        return StepInfo(loss, {v: out.values[v] for v in self.net.compiled.graph.outputs if v in out.values},
+                        out.energy_per_sample(batch))
 
     def _loss(self, out, batch: int) -> float:
         """The objective of the prediction at the start (the feed-forward loss on an ordered

@@ -114,6 +114,12 @@ class DataParallel:
     def attach(self, exp) -> "DataParallel":
         """Shard ``exp``'s batches, route its steps and evaluation through this object, make
         IL's noise global, and start every rank from rank 0's parameters."""
+        if exp.rule.steps_optimizer:
+            from ..errors import SpecError
+
+            raise SpecError(f"rule {exp.rule.name!r} steps the weights at every inference step, which would need "
+                            "a gradient all-reduce per step; it does not run data parallel (run it in one "
+                            "process)", "train.algorithm")
         exp.dist = self
         if exp.batches is not None:
             try:

@@ -71,6 +71,8 @@ class Experiment:
     dist: object | None = None
     #: updates made so far: step ``k``'s dropout masks derive from it (``PCNetwork.begin_step``)
     steps_done: int = 0
+    #: the last step's energy per sample (start, end of inference) of an energy-based rule, else None
+    last_energy: tuple | None = None
     #: ``train.scheduler`` for ``optimizer`` (not ``rule_optimizer``); None: constant learning rate
     scheduler: Scheduler | None = None
 
@@ -165,6 +167,7 @@ class Experiment:
             for opt in self.optimizers:
                 opt.zero_grad(set_to_none=True)
             info = self.rule.compute_grads(inputs, targets)
+            self.last_energy = info.energy
             if not self.rule.steps_optimizer:      # (iPC stepped them at every inference step)
                 for opt in self.optimizers:
                     opt.step()
@@ -344,6 +347,7 @@ class Trainer:
             t0 = time.perf_counter()
             bar = _progress(steps, f"epoch {epoch}/{epochs}", self.progress)
             loss_sum, n = 0.0, 0
+            energy_sum, energy_n = [0.0, 0.0], 0
             last_line = t0
             for k, (inputs, targets, labels) in enumerate(exp.batches.train()):
                 if k >= steps:
@@ -353,6 +357,9 @@ class Trainer:
                 size = exp.batches.counted(labels) if exp.dist is None else exp.dist.last_batch   # the global batch
                 loss_sum += loss * size
                 n += size
+                if exp.last_energy is not None:        # energy-based rules: F per sample before/after inference
+                    energy_sum = [a + b * size for a, b in zip(energy_sum, exp.last_energy)]
+                    energy_n += size
                 if bar is not None:
                     bar.update(1)
                     if k % 20 == 0:
@@ -369,6 +376,9 @@ class Trainer:
             # the learning rate the epoch ended with (interval epoch: the one it ran at)
             record = {"epoch": epoch, "train_loss": loss_sum / max(n, 1), **exp.evaluate(),
                       "seconds": train_seconds, "steps": steps, "lr": exp.lr}
+            if energy_n:
+                record["train_energy_start"] = energy_sum[0] / energy_n
+                record["train_energy_end"] = energy_sum[1] / energy_n
             if exp.scheduler is not None:
                 exp.scheduler.step_epoch()
             self.history.append(record)
