@@ -157,7 +157,8 @@ def table(results: dict, args) -> str:
         "where other jobs ran at the same time: they vary up to ~3x between runs (compare within a column "
         "with care).",
         "- Test accuracy over all 10 000 test images (PCX drops the last partial batch: 9 984).",
-        "- Departures from PCX (see the specs' header): pixels in [0, 1] (PCX: [-1, 1]); GELU for every preset "
+        "- Pixels in [-1, 1] (`data.normalize: [0.5, 0.5]`), as PCX normalises them.",
+        "- Departures from PCX (see the specs' header): GELU for every preset "
         "(PCX: leaky_relu for iPC, hard_tanh for BP-CE, and on FashionMNIST leaky_relu for NN, relu for BP-SE); "
         "iPC's weight schedule counts batches, not inference steps; cn has no PCX config (pn's settings, "
         "centered: (Δ(+β) − Δ(−β)) / 2β); bp is BP-CE (PCX's BP-SE is not run).",

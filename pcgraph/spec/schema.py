@@ -59,9 +59,12 @@ class DataSpec:
     shuffle: bool = True
     #: the dataset's own options (e.g. ``{length: 50}`` for ``adding``), checked by its loader
     options: dict = field(default_factory=dict)
+    #: ``[mean, std]``: samples become ``(x - mean) / std`` (torchvision's ``Normalize``; ``[0.5, 0.5]``
+    #: maps pixels in [0, 1] to [-1, 1], as PCX does); None: as loaded
+    normalize: list | None = None
 
     KEYS = ("dataset", "batch_size", "test_batch_size", "root", "train_subset", "test_subset", "shuffle",
-            "options")
+            "options", "normalize")
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "DataSpec":
@@ -80,6 +83,14 @@ class DataSpec:
         for k in ("train_subset", "test_subset"):
             if getattr(out, k) is not None:
                 _typed(getattr(out, k), (int,), f"data.{k}", "a positive integer", positive=True)
+        if out.normalize is not None:
+            n = out.normalize
+            ok = isinstance(n, (list, tuple)) and len(n) == 2 and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
+                for v in n) and n[1] > 0
+            if not ok:
+                raise SpecError(f"expected [mean, std] with std > 0 (e.g. [0.5, 0.5]), got {n!r}", "data.normalize")
+            out.normalize = [float(v) for v in n]
         return out
 
 

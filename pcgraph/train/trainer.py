@@ -104,6 +104,11 @@ class Experiment:
                 d = spec.data
                 if splits is None:
                     splits = load_dataset(d.dataset, d.root, d.train_subset, d.test_subset, d.options)
+                    if d.normalize is not None:      # torchvision's Normalize(mean, std), on both splits
+                        mean, std = d.normalize
+                        same = splits.test_x is splits.train_x
+                        splits.train_x = (splits.train_x - mean) / std
+                        splits.test_x = splits.train_x if same else (splits.test_x - mean) / std
                 batches = GraphBatches(splits, compiled, device, dtype, d.batch_size, d.test_batch_size,
                                        d.shuffle, seed=spec.seed, clamp=spec.clamp)
             if steps_per_epoch is None and batches is not None:
@@ -410,7 +415,7 @@ def _resume_differences(saved: Spec, now: Spec) -> list[str]:
              ("train.reduction", saved.train.reduction, now.train.reduction),
              ("train.max_steps_per_epoch", saved.train.max_steps_per_epoch, now.train.max_steps_per_epoch),
              ("loss", saved.loss, now.loss)]
-    for k in ("dataset", "batch_size", "train_subset", "test_subset", "shuffle", "options"):
+    for k in ("dataset", "batch_size", "train_subset", "test_subset", "shuffle", "options", "normalize"):
         pairs.append((f"data.{k}", getattr(saved.data, k), getattr(now.data, k)))
     return [f"{k}: checkpoint {a!r}, now {b!r}" for k, a, b in pairs if a != b]
 
