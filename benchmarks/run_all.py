@@ -104,7 +104,7 @@ def plot(reports: dict, path: Path, machine: dict) -> None:
             lo.append(r["ratio"] - r["iqr"][0])
             hi.append(r["iqr"][1] - r["ratio"])
         ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, label=HEADERS.get(m, m))
-    ax.axhline(1.0, color="k", lw=0.8)
+    ax.axhline(1.0, color="k", lw=0.8, label="torch (the reference: 1)")
     ax.set_yscale("log")
     ax.set_xticks(range(len(keys)))
     ax.set_xticklabels([next(c[1] for c in CASES if c[0] == k).replace(", ", "\n") for k in keys], fontsize=8)

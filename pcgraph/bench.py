@@ -104,12 +104,26 @@ class SpecModule(nn.Module):
                                                           for n, p in grp.items()})
                                      for k, grp in net.params.items()})
         ins: dict[str, list] = {v: [] for v in g.nodes if g.nodes[v].role != "input"}
+        #: ops that sample per training step (dropout): :meth:`begin_step` seeds them
+        self.step_ops: list = []
+        self.seed = net.seed
         for e in g.edges:
             op = g.make_op(e)
+            if getattr(op, "needs_graph", False):      # the graph bound to the network's own graph ops
+                op.graph = net.graph
+            if getattr(op, "needs_step", False):
+                self.step_ops.append(op)
             params = dict(self.params[e.key].items()) if op.param_shapes() else {}
             acts = [None if a == "identity" else get_activation(a).f for a in e.activations]
             ins[e.dst].append((self._term(e, op, params), list(zip(acts, e.sources))))
         self.plan = [(v, ins[v]) for v in g.topological_order() if v in ins]
+
+    def begin_step(self, step: int | None) -> None:
+        """Training step ``step`` begins: dropout draws its masks (None: deterministic)."""
+        from .ops.dropout import step_seed
+
+        for j, op in enumerate(self.step_ops):
+            op.step_seed = None if step is None else step_seed(self.seed, step, j)
 
     @staticmethod
     def _term(e, op, params):
@@ -294,6 +308,8 @@ class Method:
     #: a rule's network and its (possibly compiled) ``compute_grads``
     net: nn.Module | None = None
     compute: Callable | None = None
+    #: ``begin(step)``: a training step begins (dropout draws its masks, as the trainer does)
+    begin: Callable | None = None
 
 
 def parse_methods(text: str | list[str]) -> list[tuple[str, str, tuple[str, ...]]]:
@@ -393,7 +409,8 @@ def make_method(token: str, name: str, variants, spec, base, cfg: BenchConfig) -
             opt.zero_grad(set_to_none=True)
             loss(fwd(inputs[inp] if single else inputs), targets).backward()
             opt.step()
-        return Method(token, step, [model, opt])
+        begin = getattr(model, "begin_step", None)
+        return Method(token, step, [model, opt], begin=begin)
     net = copy.deepcopy(base.net)
     rule = make_rule(name, net, _rule_settings(spec, name, cfg.il_T), seed=spec.seed,
                      reduction=spec.train.reduction, where=f"{token}")
@@ -429,7 +446,7 @@ def make_method(token: str, name: str, variants, spec, base, cfg: BenchConfig) -
         if not rule.steps_optimizer:
             for o in opts:
                 o.step()
-    return Method(token, step, [net, rule, *opts], note, net, compute)
+    return Method(token, step, [net, rule, *opts], note, net, compute, begin=net.begin_step)
 
 
 # ---- measurement ------------------------------------------------------------------------------
@@ -647,7 +664,10 @@ def run_bench(spec, cfg: BenchConfig, log: Callable[[str], None] | None = None) 
         i = counters[tok]
         counters[tok] = i + 1
         inputs, targets = batches[i % len(batches)]
-        methods[tok].step(inputs, targets)
+        m = methods[tok]
+        if m.begin is not None:        # dropout live in every column, one mask per step (as in training)
+            m.begin(i)
+        m.step(inputs, targets)
 
     # warm-up (compiles here); a method that fails is reported and dropped
     for tok in list(methods):

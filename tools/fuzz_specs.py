@@ -122,7 +122,9 @@ def run_one(text: str, timeout_steps: bool = True) -> tuple[str, str]:
         if sum(p.numel() for p in exp.net.parameters()) > 5_000_000:
             return "ok", "large (not stepped)"
         g = torch.Generator().manual_seed(0)
-        inputs = {v: torch.rand(2, *cg.graph.nodes[v].shape, generator=g) for v in cg.graph.inputs}
+        # the training clamps: by role, or the spec's clamp section (a label as a one-hot-sized value)
+        clamped = [v for v in (spec.clamp or cg.graph.inputs) if v not in cg.graph.outputs]
+        inputs = {v: torch.rand(2, *cg.graph.nodes[v].shape, generator=g) for v in clamped}
         targets = {o: cg.losses[o].target(torch.randint(0, max(1, math.prod(cg.graph.nodes[o].shape)), (2,),
                                                         generator=g), cg.graph.nodes[o].shape, torch.float32)
                    for o in cg.graph.outputs}

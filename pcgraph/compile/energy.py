@@ -43,7 +43,7 @@ from typing import Callable
 
 import torch
 
-from ..errors import SpecError
+from ..errors import DataError, SpecError
 from .kernel import PCKernel
 
 Tensor = torch.Tensor
@@ -75,7 +75,32 @@ class Clamps:
     def batch(self) -> int:
         for t in (*self.values.values(), *self.starts.values()):
             return int(t.shape[0])
-        raise ValueError("nothing is clamped: the batch size is unknown")
+        raise DataError("nothing is clamped and nothing started: give a value to at least one node "
+                        "(inference needs data to explain, and a batch size)")
+
+    def check(self, cg) -> None:
+        """Every clamped, masked or started node exists and its tensor fits its shape (a
+        loss-clamped output's target is checked by its loss); located :class:`DataError`\ s."""
+        g = cg.graph
+        B = self.batch()
+        for kind, d in (("clamped", self.values), ("started", self.starts), ("masked", self.masks)):
+            for v, t in d.items():
+                if v not in g.nodes:
+                    raise DataError(f"{kind} node {v!r} is not a node (known: {', '.join(g.nodes)})", "clamps")
+                shape = tuple(g.nodes[v].shape)
+                if kind == "masked":
+                    if v not in self.values:
+                        raise DataError(f"node {v!r} has a mask but no clamped value", "clamps")
+                    if t.dtype != torch.bool or tuple(t.shape) not in (shape, (B, *shape)):
+                        raise DataError(f"the mask of {v!r} must be bool of shape {list(shape)} or "
+                                        f"[{B}, {', '.join(map(str, shape))}], got {t.dtype} {list(t.shape)}",
+                                        "clamps")
+                    continue
+                if kind == "clamped" and v in cg.losses and v not in self.masks:
+                    continue
+                if tuple(t.shape) != (B, *shape):
+                    raise DataError(f"the {kind} value of {v!r} has shape {list(t.shape)}; the node needs "
+                                    f"[{B}, {', '.join(map(str, shape))}] (batch {B})", "clamps")
 
 
 @dataclass
@@ -329,6 +354,11 @@ class EnergyEngine:
         every step under ``update_at: every`` (iPC) with that step's updates."""
         c, k = self.config, self.kernel
         k.memo = None
+        clamps.check(self.cg)
+        missing = [v for v in (self.cg.clamped or ()) if v not in clamps.values and v not in clamps.starts]
+        if missing and not any(v in clamps.values for v in (self.cg.clamped or ())):
+            raise DataError(f"this graph is clamped by its clamp section ({', '.join(self.cg.clamped)}), but no "
+                            "value was given for any of those nodes", "clamp")
         targets = self.targets_of(clamps)
         if x is None:
             x = self.start(clamps, generator)

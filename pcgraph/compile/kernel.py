@@ -57,6 +57,7 @@ class PCKernel:
         self.dense = [type(op) is Linear and len(op.in_shapes[0]) == 1 and len(op.out_shape) == 1
                       for op in self.cg.ops]
         self._zeros: dict = {}
+        self._needed: dict[int, list[bool]] = {}
 
     # ---- per-source activations ------------------------------------------------------
     def f(self, i: int, k: int, x: Tensor) -> Tensor:
@@ -81,7 +82,10 @@ class PCKernel:
         op = self.cg.ops[i]
         if not op.uses_default_vjp:
             return op.forward(self.net.edge_params(i), *us)
-        term, pullback = op.linearize(self.net.edge_params(i), us)
+        needed = self._needed.get(i)
+        if needed is None:      # sources that ever receive a message: hidden ones (never data)
+            needed = self._needed[i] = [self.cg.role(p) == "hidden" for p in self.cg.edges[i].sources]
+        term, pullback = op.linearize(self.net.edge_params(i), us, needed)
         self.memo[i] = (us, pullback)
         return term
 

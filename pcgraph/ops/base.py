@@ -25,7 +25,7 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Sequence
 
 import torch
 
@@ -155,24 +155,36 @@ class Op:
         cls._own_vjp_params = cls.vjp_params is not Op.vjp_params
         cls.uses_default_vjp = cls.vjp is Op.vjp and not (cls._own_vjp_inputs or cls._own_vjp_params)
 
-    def linearize(self, params, inputs):
+    def linearize(self, params, inputs, needed: Sequence[bool] | None = None):
         """``(forward(params, *inputs), pullback)`` with ``pullback(g, wanted, want_params)``
         returning what :meth:`vjp` returns at the same point, without recomputing the
-        forward (one ``torch.func.vjp`` over every parameter and input)."""
+        forward (one ``torch.func.vjp`` over every parameter and the ``needed`` inputs: a
+        source that is data, an input or a derived node, never receives a message, so its
+        VJP, e.g. through a graph's whole feature matrix, is not taken; default: all).
+        A pullback asked for an input it did not linearize falls back to :meth:`vjp`."""
         names = list(params)
         fixed = [params[n].detach() for n in names]
         consts = [u.detach() for u in inputs]
+        idx = list(range(len(consts))) if needed is None else [k for k, n in enumerate(needed) if n]
 
         def fn(pvals, xs):
-            return self.forward(dict(zip(names, pvals)), *xs)
+            full = list(consts)
+            for k, x in zip(idx, xs):
+                full[k] = x
+            return self.forward(dict(zip(names, pvals)), *full)
 
         with torch.enable_grad():
-            out, pull = torch.func.vjp(fn, tuple(fixed), tuple(consts))
+            out, pull = torch.func.vjp(fn, tuple(fixed), tuple(consts[k] for k in idx))
 
         def pullback(g, wanted, want_params):
+            if any(w and k not in idx for k, w in enumerate(wanted)):
+                return self.vjp(params, inputs, g, wanted, want_params)
             with torch.enable_grad():
                 gp, gx = pull(g)
-            gin = [t if w else None for t, w in zip(gx, wanted)]
+            gin: list = [None] * len(consts)
+            for k, t in zip(idx, gx):
+                if wanted[k]:
+                    gin[k] = t
             return gin, (dict(zip(names, gp)) if want_params else None)
 
         return out.detach(), pullback

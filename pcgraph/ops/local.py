@@ -98,7 +98,7 @@ class LocallyConnected2d(WindowOp):
                 gp["bias"] = g.sum(0)
         return gin, gp
 
-    def linearize(self, params, inputs):
+    def linearize(self, params, inputs, needed=None):
         """The forward and a pullback by the formulas above that reuses the forward's
         receptive fields ``U`` (no second unfold). The executor keeps it from the
         feed-forward pass to the wave; elsewhere the VJPs are ``torch.func``'s."""

@@ -156,7 +156,7 @@ class MaxPool2d(_Pool2d):
         o = self.opts
         return list(o.k), list(o.s), list(o.p), list(o.d), False
 
-    def linearize(self, params, inputs):
+    def linearize(self, params, inputs, needed=None):
         """The forward and its pullback from the argmax indices of one native forward:
         the executor keeps them from the feed-forward pass to the wave, so the argmax is
         never recomputed (the VJPs themselves stay ``torch.func``'s, which the executor
