@@ -124,3 +124,15 @@ class LearningRule(nn.Module):
 
 
 RULES: Registry[type[LearningRule]] = Registry("learning rule")
+
+
+class GeneratorState:
+    """A rule whose ``self.generator`` (noise, initial values) is saved and resumed with the
+    checkpoint (``nn.Module``'s extra state)."""
+
+    def get_extra_state(self):
+        return {"generator": self.generator.get_state()}
+
+    def set_extra_state(self, state):
+        if state and state.get("generator") is not None:
+            self.generator.set_state(state["generator"])

@@ -25,7 +25,7 @@ from ..compile import PCKernel, build_plan, feedforward, run_plan, run_reference
 from ..compile.energy import Clamps, EnergyEngine, EngineConfig
 from ..errors import CompileError, SpecError
 from ..settings import check_steps
-from .base import RULES, LearningRule, StepInfo
+from .base import RULES, GeneratorState, LearningRule, StepInfo
 
 
 @dataclass
@@ -53,7 +53,7 @@ class ILSettings:
 
 
 @RULES.register("il")
-class InferenceLearning(LearningRule):
+class InferenceLearning(GeneratorState, LearningRule):
     name = "il"
     Settings = ILSettings
     Kernel = PCKernel
@@ -115,41 +115,15 @@ class InferenceLearning(LearningRule):
     def compute_grads(self, inputs, targets):
         s, k = self.settings, self.kernel
         if self.plan is None:           # order-free: the engine's general loop
-            return self._engine_grads(Clamps.by_role(inputs, targets))
-        state = feedforward(k, inputs)
+            return engine_step(self, Clamps.by_role(inputs, targets))
+        if not s.reference:
+            return planned_step(self, inputs, targets, s.init_noise)
+        state = feedforward(k, inputs)         # the reference interpreter: every quantity, every step
         outputs = {o: state.mu[o] for o in self.net.compiled.graph.outputs}
         loss = self.objective.value(outputs, targets)
-        if s.reference:
-            _, _, updates = run_reference(k, self.update_times, inputs, targets, self.T, s.init_noise,
-                                          self.generator)
-            self.write_grads(updates, next(iter(inputs.values())).shape[0])
-        else:
-            if s.init_noise:
-                state.perturb(s.init_noise, self.generator)
-            batch = next(iter(inputs.values())).shape[0]
-            updates = run_plan(k, self.plan, state, targets, scale=self.grad_scale(batch)).updates
-            self.write_grads(updates, batch, scaled=True)
+        _, _, updates = run_reference(k, self.update_times, inputs, targets, self.T, s.init_noise, self.generator)
+        self.write_grads(updates, next(iter(inputs.values())).shape[0])
         return StepInfo(float(loss), outputs)
-
-    def _engine_grads(self, clamps: Clamps) -> StepInfo:
-        """One batch through the engine's general loop; the loss reported is the energy per
-        sample at the end of inference (an order-free graph has no feed-forward prediction)."""
-        batch = clamps.batch()
-        out = self.engine.run(clamps, self.generator)
-        if out.targets and out.start_mu:
-            loss = float(self.objective.value(out.start_mu, out.targets))
-        else:
-            loss = float(out.final_energy) * self.objective.scale(batch)
-        self.write_grads(out.updates, batch)
-        return StepInfo(loss, {v: out.values[v] for v in self.net.compiled.graph.outputs if v in out.values},
-                        out.energy_per_sample(batch))
-
-    def get_extra_state(self):
-        return {"generator": self.generator.get_state()}
-
-    def set_extra_state(self, state):
-        if state and state.get("generator") is not None:
-            self.generator.set_state(state["generator"])
 
     def describe(self) -> str:
         s = self.settings
@@ -158,3 +132,36 @@ class InferenceLearning(LearningRule):
         if self.plan is None:
             return head + "\n(order-free graph: the energy engine's general loop, every quantity at every step)"
         return head + "\n" + self.plan.describe(self.net.compiled)
+
+
+def planned_step(rule, inputs, targets, noise: float) -> StepInfo:
+    """One batch by IL's compiled plan (``rule.kernel``, ``rule.plan``) from the feed-forward
+    start, perturbed by ``noise``: the engine's configuration *plain sgd, forward start, one
+    update step*, as ``il`` always ran it. The loss is the feed-forward prediction's."""
+    k = rule.kernel
+    state = feedforward(k, inputs)
+    outputs = {o: state.mu[o] for o in rule.net.compiled.graph.outputs}
+    loss = rule.objective.value(outputs, targets)
+    if noise:
+        state.perturb(noise, rule.generator)
+    batch = next(iter(inputs.values())).shape[0]
+    updates = run_plan(k, rule.plan, state, targets, scale=rule.grad_scale(batch)).updates
+    rule.write_grads(updates, batch, scaled=True)
+    return StepInfo(float(loss), outputs)
+
+
+def engine_step(rule, clamps: Clamps, on_update=None) -> StepInfo:
+    """One batch through ``rule.engine``'s general loop. The loss reported is the objective of
+    the loss-clamped outputs' predictions at the start (the feed-forward loss on an ordered
+    graph, as il reports it), else the energy at the end (an order-free graph has no
+    feed-forward prediction); the energy per sample before and after inference rides along."""
+    batch = clamps.batch()
+    out = rule.engine.run(clamps, rule.generator, on_update=on_update)
+    if out.targets and out.start_mu:
+        loss = float(rule.objective.value(out.start_mu, out.targets))
+    else:
+        loss = float(out.final_energy) * rule.objective.scale(batch)
+    if on_update is None:
+        rule.write_grads(out.updates, batch)
+    return StepInfo(loss, {v: out.values[v] for v in rule.net.compiled.graph.outputs if v in out.values},
+                    out.energy_per_sample(batch))

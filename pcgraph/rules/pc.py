@@ -32,11 +32,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..compile import PCKernel, build_plan, feedforward, run_plan
+from ..compile import PCKernel, build_plan
 from ..compile.energy import INITS, Clamps, EnergyEngine, EngineConfig, check_activity_optimizer
 from ..errors import SpecError
 from ..settings import check_steps
-from .base import RULES, LearningRule, StepInfo
+from .base import RULES, GeneratorState, LearningRule, StepInfo
+from .il import engine_step, planned_step
 
 NUDGES = ("positive", "negative", "centered")
 
@@ -81,7 +82,7 @@ class PCSettings:
 
 
 @RULES.register("pc")
-class EnergyPC(LearningRule):
+class EnergyPC(GeneratorState, LearningRule):
     name = "pc"
     Settings = PCSettings
     needs_order = False
@@ -120,46 +121,23 @@ class EnergyPC(LearningRule):
         if self.settings.nudge is not None:
             return self._nudged(clamps)
         if self.plan is not None and self.engine.plannable(clamps):
-            return self._planned(inputs, targets)
+            return planned_step(self, inputs, targets, self.settings.init_std)
+        return engine_step(self, clamps, self._ipc_callback(clamps) if self.steps_optimizer else None)
+
+    def _ipc_callback(self, clamps: Clamps):
+        """``on_update(updates, t)``: write this step's updates and step the weights (iPC)."""
+        if self._step_optimizers is None:
+            raise RuntimeError("ipc steps the weights itself at every inference step: bind the trainer's "
+                               "optimizers first (rule.bind_optimizers)")
+        targets = self.engine.targets_of(clamps)
+        if targets:        # the reduction counts the labelled samples from the first step on
+            self.objective.labelled = self.objective.count_labelled(targets, targets)
         batch = clamps.batch()
-        on_update = None
-        if self.steps_optimizer:
-            if self._step_optimizers is None:
-                raise RuntimeError("ipc steps the weights itself at every inference step: bind the trainer's "
-                                   "optimizers first (rule.bind_optimizers)")
 
-            targets = self.engine.targets_of(clamps)
-            if targets:        # the reduction counts the labelled samples from the first step on
-                self.objective.labelled = self.objective.count_labelled(targets, targets)
-
-            def on_update(updates, t):
-                self.write_grads(updates, batch)
-                self._step_optimizers()
-        out = self.engine.run(clamps, self.generator, on_update=on_update)
-        loss = self._loss(out, batch)
-        if not self.steps_optimizer:
-            self.write_grads(out.updates, batch)
-        return StepInfo(loss, {v: out.values[v] for v in self.net.compiled.graph.outputs if v in out.values},
-                        out.energy_per_sample(batch))
-
-    def _loss(self, out, batch: int) -> float:
-        """The objective of the prediction at the start (the feed-forward loss on an ordered
-        graph, as il reports); without loss-clamped outputs, the final energy per sample."""
-        if out.targets and out.start_mu:
-            return float(self.objective.value(out.start_mu, out.targets))
-        return float(out.final_energy) * self.objective.scale(batch)
-
-    def _planned(self, inputs, targets) -> StepInfo:
-        k, s = self.kernel, self.settings
-        state = feedforward(k, inputs)
-        outputs = {o: state.mu[o] for o in self.net.compiled.graph.outputs}
-        loss = self.objective.value(outputs, targets)
-        if s.init_std:
-            state.perturb(s.init_std, self.generator)
-        batch = next(iter(inputs.values())).shape[0]
-        updates = run_plan(k, self.plan, state, targets, scale=self.grad_scale(batch)).updates
-        self.write_grads(updates, batch, scaled=True)
-        return StepInfo(float(loss), outputs)
+        def on_update(updates, t):
+            self.write_grads(updates, batch)
+            self._step_optimizers()
+        return on_update
 
     # ---- nudging ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -201,14 +179,6 @@ class EnergyPC(LearningRule):
                 onehot = onehot.masked_fill((y < 0).unsqueeze(1), float("nan"))
             return p + beta * (onehot - p)
         return mu + beta * (y - mu)
-
-    # ---- state -----------------------------------------------------------------------------
-    def get_extra_state(self):
-        return {"generator": self.generator.get_state()}
-
-    def set_extra_state(self, state):
-        if state and state.get("generator") is not None:
-            self.generator.set_state(state["generator"])
 
     def describe(self) -> str:
         s = self.settings

@@ -209,7 +209,7 @@ def _metrics(r: QueryResult, batches, fields: dict, query: Query) -> dict[str, f
         m = r.masks.get(v)
         free = ~m.reshape(-1) if m is not None and m.dim() <= len(value.shape) - 1 else None
         if free is not None and bool(free.any()):
-            d, base = (flat - tflat)[:, free], None
+            d = (flat - tflat)[:, free]
         else:
             d = flat - tflat
         mean_img = batches.train_x.reshape(batches.train_x.shape[0], -1).mean(0)
