@@ -48,12 +48,12 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="pcgraph", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        prog="pcgraph", allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
         description="Predictive-coding networks declared as graphs, compiled into batched PyTorch "
                     "programs; train them with BP, IL or Z-IL and check Z-IL against backprop.")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
 
-    run = sub.add_parser("run", help="train and evaluate a spec",
+    run = sub.add_parser("run", allow_abbrev=False, help="train and evaluate a spec",
                          description="Train a spec, print one line per epoch (train loss, test accuracy, "
                                      "seconds), write DIR/metrics.jsonl and DIR/checkpoint.pt, and end "
                                      "with 'final test accuracy: X' ('final test loss: X' for regression).")
@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true",
                      help="no progress bar (or, when stderr is not a terminal, no progress line every 30 s)")
 
-    check = sub.add_parser("check", help="compare a learning rule with BP, parameter by parameter",
+    check = sub.add_parser("check", allow_abbrev=False, help="compare a learning rule with BP, parameter by parameter",
                            description="From the same initial parameters and the same K mini-batches, train "
                                        "with bp and with the named rule; print each parameter's max absolute "
                                        "and relative difference and 'max divergence: X'. Exit 0 if X <= tol.")
@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--tol", type=float, help="tolerance (default 1e-10 for float64, 1e-4 for float32)")
 
     abl = sub.add_parser("ablate", help="reproduce the seeds' ablations of Z-IL's conditions C1-C3 and Fa-Z-IL",
+                         allow_abbrev=False,
                          description="Train MLPs with 1, 2, 3 hidden layers (the spec's width and activation) "
                                      "with BP and with Z-IL under broken conditions from the same seed; write "
                                      "DIR/ablation.csv and PNG plots and print a table. Defaults are short "
@@ -101,12 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the seeds' settings: 64 epochs, all data, seeds 1482555873,698841058,2283198659")
 
     show = sub.add_parser("show", help="print the spec's graph, compiled schedule and inference plan",
+                          allow_abbrev=False,
                           description="Validate a spec and print its graph, the compiled graph (depths, "
                                       "relays, update steps) and the rule's inference plan.")
     _spec_args(show)
 
     bench = sub.add_parser(
-        "bench", help="milliseconds per update of rules beside a plain torch model, side by side",
+        "bench", allow_abbrev=False, help="milliseconds per update of rules beside a plain torch model, side by side",
         description="Time one training update (zero_grad, gradients, optimizer step) of each method on real "
                     "batches of the spec's dataset, in a shuffled order every round; print ms, the median "
                     "paired ratio to torch with its IQR, peak memory, the machine and the thread count. "
@@ -136,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     inf = sub.add_parser(
         "infer", help="answer a named query of a trained run (or a spec): clamp nodes, infer the rest",
+        allow_abbrev=False,
         description="Load a trained run folder (its checkpoint) or a spec, answer the query on test data with "
                     "the energy engine, print what fits it (accuracy of a classification, error of a "
                     "completion against the truth), and write OUT/<query>.pt (tensors), .json (metrics, "
@@ -167,11 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
 def load_spec(args):
     from .spec import Spec
 
-    sets = list(args.sets)
+    sets: list = list(args.sets)
+    # (label, KEY=VALUE): an error in what these set names the option, not a --set
     if args.seed is not None:
-        sets.append(f"seed={args.seed}")
+        sets.append((f"--seed {args.seed}", f"seed={args.seed}"))
     if getattr(args, "epochs", None) is not None:
-        sets.append(f"train.epochs={args.epochs}")
+        sets.append((f"--epochs {args.epochs}", f"train.epochs={args.epochs}"))
     return Spec.load(args.spec, overrides=sets, algorithm=args.algorithm or None)
 
 
@@ -192,14 +196,15 @@ def default_out(name: str) -> Path:
 
 
 def _without_nproc(argv: list[str]) -> list[str]:
-    """The command line minus ``--nproc N`` (what each of the N processes runs)."""
+    """The command line minus ``--nproc N`` or ``--nproc=N`` (what each of the N processes
+    runs; the parsers refuse abbreviations, so no other spelling reaches here)."""
     out, skip = [], False
     for tok in argv:
         if skip:
             skip = False
-        elif tok.split("=")[0] in ("--np", "--npr", "--npro", "--nproc"):
-            skip = "=" not in tok
-        else:
+        elif tok == "--nproc":
+            skip = True
+        elif not tok.startswith("--nproc="):
             out.append(tok)
     return out
 

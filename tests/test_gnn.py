@@ -42,9 +42,17 @@ def _rand(shape, seed):
 
 # ---- the ops are torch-geometric's layers ------------------------------------------------------
 
+def _unit_weights(layer):
+    """``layer`` called with unit edge weights: GCNConv's ``improved`` (A + 2I) acts only when
+    the edges have weights (without, torch-geometric's gcn_norm ignores it)."""
+    plain = layer.forward
+    layer.forward = lambda x, ei: plain(x, ei, torch.ones(ei.shape[1], dtype=x.dtype))
+    return layer
+
+
 LAYERS = [  # (op, options, target features, the torch-geometric layer it must equal)
     ("gcn_conv", {}, 5, lambda: pyg_nn().GCNConv(6, 5)),
-    ("gcn_conv", {"improved": True}, 5, lambda: pyg_nn().GCNConv(6, 5, improved=True)),
+    ("gcn_conv", {"improved": True}, 5, lambda: _unit_weights(pyg_nn().GCNConv(6, 5, improved=True))),
     ("sage_conv", {"aggr": "max"}, 5, lambda: pyg_nn().SAGEConv(6, 5, aggr="max")),
     ("gat_conv", {"heads": 3}, 12, lambda: pyg_nn().GATConv(6, 4, heads=3)),
     ("gat_conv", {"heads": 2, "concat": False}, 4, lambda: pyg_nn().GATConv(6, 4, heads=2, concat=False)),

@@ -732,11 +732,11 @@ def test_with_overrides():
 
 
 @pytest.mark.parametrize("item, where, words", [
-    ("model.edges[5].activation=tanh", "--set model.edges[5].activation", "out of range"),
-    ("model.edges[x].activation=tanh", "--set model.edges[x].activation", "cannot parse"),
-    ("model..edges=1", "--set model..edges", "cannot parse"),
-    ("model.edges.op=linear", "--set model.edges.op", "not inside a mapping"),
-    ("data.batch_size", "--set", "KEY=VALUE"),
+    ("model.edges[5].activation=tanh", "--set model.edges[5].activation=tanh", "out of range"),
+    ("model.edges[x].activation=tanh", "--set model.edges[x].activation=tanh", "cannot parse"),
+    ("model..edges=1", "--set model..edges=1", "cannot parse"),
+    ("model.edges.op=linear", "--set model.edges.op=linear", "not inside a mapping"),
+    ("data.batch_size", "--set data.batch_size", "KEY=VALUE"),
 ])
 def test_bad_override_paths(item, where, words):
     with pytest.raises(SpecError) as info:
@@ -750,7 +750,7 @@ def test_bad_override_paths(item, where, words):
 def test_bad_override_through_spec_load():
     with pytest.raises(SpecError) as info:
         Spec.load(QUICKSTART, overrides=["model.edges[2].activation=tanh"])
-    assert str(info.value) == ("--set model.edges[2].activation: index 2 is out of range "
+    assert str(info.value) == ("--set model.edges[2].activation=tanh: index 2 is out of range "
                                "(the list has 2 items)")
 
 

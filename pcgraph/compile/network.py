@@ -104,9 +104,35 @@ class PCNetwork(nn.Module):
                 x[v] = self.predict(v, lambda i: self.activated(x, i))
         return x
 
-    def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def forward(self, inputs: dict[str, torch.Tensor] | torch.Tensor) -> dict[str, torch.Tensor] | torch.Tensor:
+        """The feed-forward prediction of the output nodes.
+
+        ``inputs``: a dict from every input node's name to its batch (``{"x": x}``), or, when
+        the graph has exactly one input node, that batch as a plain tensor. Returns a dict from
+        every output node's name to its prediction for a dict; for a tensor, the output's tensor
+        when the graph has one output node (``net(x)``, as an ``nn.Module`` is called), else the
+        dict. A tensor for a graph of several inputs, or a dict that misses one, is an error
+        naming the input nodes."""
+        names = self.compiled.graph.inputs
+        plain = isinstance(inputs, torch.Tensor)
+        if plain:
+            if len(names) != 1:
+                raise TypeError(f"this graph has {len(names)} input nodes ({', '.join(names)}): call it with a "
+                                f"dict of them, {{{', '.join(f'{n!r}: tensor' for n in names)}}}, not one tensor")
+            inputs = {names[0]: inputs}
+        elif not isinstance(inputs, dict):
+            raise TypeError(f"expected a dict of input tensors ({', '.join(names)}) or, for a graph of one input, "
+                            f"a tensor; got {type(inputs).__name__}")
+        else:
+            missing = [n for n in names if n not in inputs]
+            if missing:
+                raise ValueError(f"the inputs miss {', '.join(map(repr, missing))} (the input nodes: "
+                               f"{', '.join(names)}; got {', '.join(map(repr, inputs)) or 'none'})")
         x = self.values(inputs)
-        return {o: x[o] for o in self.compiled.graph.outputs}
+        outs = self.compiled.graph.outputs
+        if plain and len(outs) == 1:
+            return x[outs[0]]
+        return {o: x[o] for o in outs}
 
     def extra_repr(self) -> str:
         n = sum(p.numel() for p in self.parameters())

@@ -21,6 +21,7 @@ example:
 def add_parser(sub) -> None:
     p = sub.add_parser("import", help="import a torch nn.Module (torch.fx) as a spec plus its weights",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+                       allow_abbrev=False,
                        description="Trace a torch module with torch.fx on a random example input, map its "
                                    "layers onto pcgraph nodes and edges, write the spec (YAML) and the "
                                    "module's weights (a .pt state_dict the spec's network loads).")

@@ -20,6 +20,10 @@ check them against autograd in float64). ``gcn_conv`` computes the symmetric
 normalisation ``D^-1/2 (A + I) D^-1/2`` once per bound graph (and dtype) with
 torch-geometric's own ``gcn_norm`` and hands the normalised edge weights to a
 ``GCNConv(normalize=False)``: the same numbers ``GCNConv`` computes on every call.
+``improved: true`` normalises ``A + 2I`` (``gcn_norm`` is given unit edge weights: without
+weights it ignores ``improved``, and so does ``GCNConv`` called without them); a vertex
+that already has a self loop keeps it with weight 1 (torch-geometric's
+``add_remaining_self_loops``).
 
 Parameters are the layer's own, named as torch-geometric names them with ``.`` spelled
 ``_`` (``GCNConv``'s ``lin.weight`` is ``lin_weight``), and initialised by the layer's own
@@ -27,8 +31,8 @@ Parameters are the layer's own, named as torch-geometric names them with ``.`` s
 
 Ops (sources ``[F_in]`` -> target ``[F_out]``, one source each; ``bias: true`` for a bias):
 
-- ``gcn_conv`` (Kipf & Welling 2017, ``GCNConv``): options ``improved`` (false),
-  ``add_self_loops`` (true), ``normalize`` (true).
+- ``gcn_conv`` (Kipf & Welling 2017, ``GCNConv``): options ``improved`` (false; true:
+  ``A + 2I``, which needs the other two true), ``add_self_loops`` (true), ``normalize`` (true).
 - ``sage_conv`` (Hamilton et al. 2017, ``SAGEConv``): ``aggr`` (``mean``, ``max``,
   ``sum``), ``normalize`` (false: L2-normalise the output rows), ``root_weight`` (true).
 - ``gat_conv`` (Velickovic et al. 2018, ``GATConv``): ``heads`` (1), ``concat`` (true:
@@ -212,17 +216,23 @@ class GraphOp(Op):
 
 @dataclass
 class GCNOptions:
-    #: ``A + 2I`` instead of ``A + I`` (torch-geometric's ``improved``)
+    #: ``A + 2I`` instead of ``A + I`` (torch-geometric's ``improved``: self loops of weight 2)
     improved: bool = False
     #: add self loops before normalising
     add_self_loops: bool = True
     #: the symmetric normalisation ``D^-1/2 A D^-1/2`` (false: plain sums over in-edges)
     normalize: bool = True
 
+    def check(self, where: str) -> None:
+        if self.improved and not (self.normalize and self.add_self_loops):
+            off = "normalize" if not self.normalize else "add_self_loops"
+            raise SpecError(f"improved (A + 2I) weighs the self loops that the normalisation adds: it does "
+                            f"nothing with {off}: false (drop improved, or set {off}: true)", f"{where}.improved")
+
 
 @OPS.register("gcn_conv", "gcn")
 class GCNConvOp(GraphOp):
-    """``GCNConv``: ``D^-1/2 (A + I) D^-1/2 u W^T (+ b)``."""
+    """``GCNConv``: ``D^-1/2 (A + I) D^-1/2 u W^T (+ b)`` (``A + 2I`` with ``improved``)."""
 
     name = "gcn_conv"
     Options = GCNOptions
@@ -239,7 +249,11 @@ class GCNConvOp(GraphOp):
         hit = graph.cache.get(key)
         if hit is None:
             gcn_norm = pyg_nn().conv.gcn_conv.gcn_norm
-            hit = gcn_norm(graph.edge_index, None, graph.num_nodes, o.improved, o.add_self_loops,
+            # gcn_norm fills the self loops with 2 (improved) only when the edges have weights:
+            # without, every weight is 1 and improved does nothing; so pass unit weights
+            ei = graph.edge_index
+            weight = torch.ones(ei.shape[1], dtype=dtype, device=ei.device) if o.improved else None
+            hit = gcn_norm(ei, weight, graph.num_nodes, o.improved, o.add_self_loops,
                            "source_to_target", dtype)
             graph.cache[key] = hit
         return hit

@@ -187,11 +187,18 @@ def _optimizer(opt, where: str) -> dict:
     return opt
 
 
-def select_algorithm(data: dict | None, label: str) -> dict:
+def select_algorithm(data: dict | None, label: str, locations: dict | None = None) -> dict:
     """The spec mapping ``data`` trained by ``label``: a preset's algorithm and optimizer
     when ``train.presets`` has ``label``; else the rule ``label`` with the spec's settings
     when it already names that rule, or with its defaults when it names another (settings
-    of one rule mean nothing to another)."""
+    of one rule mean nothing to another). A ``label`` that is neither is an error naming
+    ``--algorithm LABEL``, with the closest names. ``locations`` (the spec's path -> file
+    position map, updated in place): what ``--algorithm`` changed points at the preset's lines,
+    or at ``--algorithm LABEL`` itself, so later errors there name it."""
+    from ..registry import did_you_mean
+    from ..rules import RULES       # (lazily: the rules import the compiler)
+
+    flag = f"--algorithm {label}"
     data = copy.deepcopy(data) if data is not None else {}
     train = data.get("train")
     if not isinstance(train, dict):
@@ -201,23 +208,43 @@ def select_algorithm(data: dict | None, label: str) -> dict:
     presets = train.get("presets")
     if isinstance(presets, dict) and isinstance(presets.get(label), dict):
         preset = presets[label]
+        moved = []
         train["algorithm"] = copy.deepcopy(preset.get("algorithm", label))
+        moved.append(("algorithm", "train.algorithm"))
         if "optimizer" in preset:
             train["optimizer"] = copy.deepcopy(preset["optimizer"])
+            moved.append(("optimizer", "train.optimizer"))
         if "scheduler" in preset:
             train["scheduler"] = copy.deepcopy(preset["scheduler"])
+            moved.append(("scheduler", "train.scheduler"))
         if "loss" in preset:             # (PC-SE and PC-CE differ in the output's energy)
             data["loss"] = copy.deepcopy(preset["loss"])
+            moved.append(("loss", "loss"))
+        if locations is not None:        # the preset's lines (or the flag, for a default algorithm)
+            base = f"train.presets.{label}"
+            for key, path in moved:
+                src = f"{base}.{key}"
+                for k in [k for k in locations if k == path or k.startswith((path + ".", path + "["))]:
+                    del locations[k]
+                for k in [k for k in locations if k == src or k.startswith((src + ".", src + "["))]:
+                    locations[path + k[len(src):]] = locations[k]
+                locations.setdefault(path, flag)
         return data
-    if isinstance(presets, dict) and presets:
-        from ..rules import RULES       # (lazily: the rules import the compiler)
-        if label not in RULES:
-            raise SpecError(f"{label!r} is neither a learning rule ({', '.join(sorted(RULES.names()))}) nor "
-                            f"one of this spec's presets ({', '.join(map(str, presets))})", "--algorithm")
+    if not isinstance(label, str) or label not in RULES:
+        preset_names = [str(p) for p in presets] if isinstance(presets, dict) else []
+        if preset_names:
+            hint = did_you_mean(label, [], RULES.suggest(label, preset_names))
+            raise SpecError(f"{label!r} is neither a learning rule ({', '.join(RULES.names())}) nor one of "
+                            f"this spec's presets ({', '.join(preset_names)}){hint}", flag)
+        raise SpecError(RULES.unknown(label), flag)
     current = train.get("algorithm", "bp")
     name = current.get("name") if isinstance(current, dict) else current
-    if name != label:
+    if not isinstance(name, str) or RULES.canonical(name) != RULES.canonical(label):
         train["algorithm"] = label
+        if locations is not None:
+            for k in [k for k in locations if k.startswith(("train.algorithm.", "train.algorithm["))]:
+                del locations[k]
+            locations["train.algorithm"] = flag
     return data
 
 
@@ -432,9 +459,9 @@ class Spec:
         if data is None and not overrides:
             raise SpecError("the spec is empty (it needs at least 'model' with nodes and edges)", None, filename)
         if algorithm is not None:
-            data = select_algorithm(data, algorithm)
+            data = select_algorithm(data, algorithm, locs)
         if overrides:
-            data = apply_overrides(data, overrides)
+            data = apply_overrides(data, overrides, locs)     # (errors at what they set name them)
         return cls.from_dict(data, filename, locs)
 
     @classmethod
@@ -475,7 +502,8 @@ class Spec:
         Path(path).write_text(self.to_yaml())
 
     def with_overrides(self, overrides: list[str]) -> "Spec":
-        return Spec.from_dict(apply_overrides(self.to_dict(), overrides), self.source, self.locations)
+        locs = dict(self.locations)
+        return Spec.from_dict(apply_overrides(self.to_dict(), overrides, locs), self.source, locs)
 
     # ---- networkx -------------------------------------------------------------------------
     def to_networkx(self):

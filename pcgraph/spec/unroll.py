@@ -12,7 +12,8 @@ that ``pcgraph show`` and ``to_networkx`` display like any other:
     h_k = W_h f(h_{k-1}) + W_x g(x_k) (+ b)          k = 2 .. T
 
 ``cell: gru`` (torch's GRU, ``h_0 = 0``; the hidden-side biases are merged into the
-input-side ones, except ``b_hn``, which is left out)
+input-side ones, except ``b_hn``, which is left out; its gates' activations are fixed, so
+``activation`` other than its default ``tanh`` is an error, while ``input_activation`` applies)
 
     z_k = W_z x_k + U_z h_{k-1} (+ b_z)              r_k = W_r x_k + U_r h_{k-1} (+ b_r)
     a_k = U_n h_{k-1}                                 c_k = sigmoid(r_k) * a_k      (mul)
@@ -81,6 +82,10 @@ class Unroll:
             raise SpecError("an unrolled cell needs 'input' (an input node of shape [T, D])", f"{where}.input")
         if not self.shape or any(s <= 0 for s in self.shape):
             raise SpecError("an unrolled cell needs 'shape' (the hidden state's shape)", f"{where}.shape")
+        if self.cell == "gru" and self.activation != Unroll.activation:
+            raise SpecError(f"a GRU's activations are fixed (sigmoid gates, a tanh candidate): 'activation: "
+                            f"{self.activation}' would be ignored; remove it (input_activation still applies "
+                            f"to the input slices), or use cell: rnn", f"{where}.activation")
         if self.readout is not None:
             steps = self.parsed_readout(where).steps
             if isinstance(steps, tuple) and any(not 1 <= k <= self.steps for k in steps):

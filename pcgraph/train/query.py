@@ -259,18 +259,10 @@ def load_experiment(path, overrides: list[str] | None = None, algorithm: str | N
     state = load_checkpoint(ckpt, map_location=device)
     try:
         spec = Spec.from_dict(state["spec"])
-        if algorithm or overrides:
-            from ..spec.schema import select_algorithm
-            from ..spec.overrides import apply_overrides
-
-            data = spec.to_dict()
-            if algorithm:
-                data = select_algorithm(data, algorithm)
-            if overrides:
-                data = apply_overrides(data, overrides)
-            spec = Spec.from_dict(data)
     except (PCGraphError, KeyError, TypeError) as exc:
         raise CheckpointError(f"the checkpoint's spec cannot be read: {exc}", None, str(ckpt)) from None
+    if algorithm or overrides:      # (their errors name the flag, as for a spec file)
+        spec = Spec.from_yaml(spec.to_yaml(), str(ckpt), overrides=overrides, algorithm=algorithm)
     exp = Experiment.build(spec, device, dtype)
     try:
         exp.net.load_state_dict(state["model"])

@@ -421,8 +421,15 @@ def _resume_differences(saved: Spec, now: Spec) -> list[str]:
 
 
 def _progress(total: int, desc: str, enabled: bool):
+    """A tqdm bar, or None: when not ``enabled``, and, as tqdm's ``disable=None`` means, when
+    its stream (stderr) is not a terminal (a pipe, a log file: no bars drawn into it; a
+    notebook's bar is drawn as a widget)."""
     if not enabled:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+    bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, disable=None)
+    if bar.disable:
+        bar.close()
+        return None
+    return bar

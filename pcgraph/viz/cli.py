@@ -17,7 +17,7 @@ import argparse
 def add_parsers(sub) -> None:
     from ..cli import _spec_args
 
-    viz = sub.add_parser("viz", help="draw the compiled graph (png, svg, pdf, dot)",
+    viz = sub.add_parser("viz", allow_abbrev=False, help="draw the compiled graph (png, svg, pdf, dot)",
                          description="Draw the compiled graph laid out by depth (one column per inference "
                                      "step; edges coloured by Z-IL's update step, relays dashed) to FILE: "
                                      ".png, .svg, .pdf (matplotlib) or .dot (Graphviz text). An order-free "
@@ -29,7 +29,7 @@ def add_parsers(sub) -> None:
     viz.add_argument("--wrap", type=int, metavar="N",
                      help="steps per band for deep graphs (default: automatic above 24 steps; 0: one band)")
 
-    wave = sub.add_parser("wave", help="heat maps of the error wave under Z-IL and IL",
+    wave = sub.add_parser("wave", allow_abbrev=False, help="heat maps of the error wave under Z-IL and IL",
                           description="Run one training batch through Z-IL and IL (reference interpreter, every "
                                       "error at every step) and draw mean |eps| per node and step.")
     _spec_args(wave)
@@ -39,7 +39,7 @@ def add_parsers(sub) -> None:
     wave.add_argument("--gamma", type=float, default=0.1, help="IL's step size (default 0.1)")
     wave.add_argument("--init-noise", type=float, default=0.0, help="IL's initial noise (default 0: C1)")
 
-    plot = sub.add_parser("plot", help="loss and accuracy curves of run folders",
+    plot = sub.add_parser("plot", allow_abbrev=False, help="loss and accuracy curves of run folders",
                           description="Plot train/test loss and test accuracy per epoch of run folders "
                                       "(metrics.jsonl, spec.yaml) on one figure.")
     plot.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (pcgraph run --out DIR)")
