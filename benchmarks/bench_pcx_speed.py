@@ -30,9 +30,12 @@ on the device: the timing excludes data loading and conversion.
 Timing: one thread for both frameworks (``torch.set_num_threads(1)``; ``XLA_FLAGS`` with
 ``--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1`` and ``OMP_NUM_THREADS=1``,
 set before jax / torch are imported). Warm-up (JIT compilation) first, then ``--rounds`` rounds;
-each round runs every (T, method) cell ``steps`` updates (about ``--target-ms`` of work; the same
-count for every method at one T) in a fresh random order. A pair's ratio is the median over rounds
-of pcgraph's per-round ms / PCX's in the same round, with the interquartile range. "Per inference
+each round runs one block per (T, pcgraph method), in a fresh random order; a block alternates
+``steps`` updates of the pcgraph method with ``steps`` of its PCX counterpart (a b, b a, a b, ...;
+about ``--target-ms`` of work each; the same count for every method at one T), so that load from
+other processes hits both alike. A pair's ratio is the median over rounds of pcgraph's ms / PCX's
+in the same block, with the interquartile range; wall-clock time, and beside it the process's CPU
+time (``time.process_time``: not inflated when other processes preempt this one). "Per inference
 step" and "fixed cost per update" are the slope and intercept of a least-squares line through
 the median ms at the timed T values.
 
@@ -336,9 +339,10 @@ def main(argv=None) -> int:
     p.add_argument("--data", choices=["auto", "mnist", "random"], default="auto",
                    help="auto: MNIST ($PCGRAPH_DATA) if found, else random")
     p.add_argument("--n-batches", type=int, default=8)
-    p.add_argument("--target-ms", type=float, default=120.0,
-                   help="work per (T, method) cell and round: sets the updates per cell (same for all methods at a T)")
-    p.add_argument("--steps", type=int, default=None, help="updates per cell and round (overrides --target-ms)")
+    p.add_argument("--target-ms", type=float, default=150.0,
+                   help="work per method and block: sets the updates per block (the same for all methods at a T; "
+                        "at least 2)")
+    p.add_argument("--steps", type=int, default=None, help="updates per method and block (overrides --target-ms)")
     p.add_argument("--warmup", type=int, default=3, help="updates per method before timing (after compilation)")
     p.add_argument("--pcx-site", default=DEFAULT_PCX_SITE if Path(DEFAULT_PCX_SITE).is_dir() else None,
                    help="site-packages holding pcx, appended to sys.path if pcx is not importable as is "
@@ -354,6 +358,7 @@ def main(argv=None) -> int:
         print(msg, flush=True)
 
     t_start = time.perf_counter()
+    load_start = os.getloadavg()[0]
     ns, pcx_info = import_pcx(args.pcx_site)
     if ns is None:
         log(f"{SKIP_MESSAGE} ({pcx_info}): skipping PCX, timing the pcgraph side only")
@@ -378,7 +383,7 @@ def main(argv=None) -> int:
         pcg_shapes = [tuple(t.shape) for wb in w0 for t in wb]
         pcx_shapes = PCXModel(ns, w0, args.batch, args.lr, args.x_lr, None).shapes()
         checks["shapes"] = {"pcgraph": pcg_shapes, "pcx": pcx_shapes, "equal": pcg_shapes == pcx_shapes}
-        agree = {}
+        agree, pcg_steps = {}, {}
         for name in methods_pcg:
             exp = build_pcgraph(T0, name, args, lr=CHECK_LR)
             for (w, b), (w_ref, b_ref) in zip(pcgraph_weights(exp), w0):   # (the same seed: the same init)
@@ -388,14 +393,20 @@ def main(argv=None) -> int:
             m = PCXModel(ns, w0, args.batch, CHECK_LR, args.x_lr, mom)
             m.step(T0, *jx[0])
             worst = 0.0
+            pcg_steps[name] = []
             for (wp, bp), (wx, bx), (wi, bi) in zip(pcgraph_weights(exp), m.weights(), w0):
                 for a, c, i in ((wp, wx, wi), (bp, bx, bi)):
                     step_p = (a.detach() - i).numpy()
+                    pcg_steps[name].append(step_p)
                     step_x = c - i.numpy()
                     scale = max(float(abs(step_p).max()), 1e-30)
                     worst = max(worst, float(abs(step_p - step_x).max()) / scale)
             agree[f"{name} vs {PAIRS[name]}"] = worst
-        checks["same_update"] = {"T": T0, "weight_lr": CHECK_LR, "max_rel_diff_of_weight_step": agree}
+        # (momentum must change the step when T >= 2, else the +m pair would time nothing new)
+        mom_effect = max(float(abs(a - c).max()) / max(float(abs(a).max()), 1e-30)
+                         for a, c in zip(pcg_steps["pcgraph il"], pcg_steps["pcgraph pc+m"]))
+        checks["same_update"] = {"T": T0, "weight_lr": CHECK_LR, "max_rel_diff_of_weight_step": agree,
+                                 "momentum_effect_il_vs_pc+m": mom_effect}
         # PCX's feed-forward loss over a few updates on one batch
         m = PCXModel(ns, w0, args.batch, args.lr, args.x_lr, None)
         losses = [m.loss(*jx[0])]
@@ -449,57 +460,87 @@ def main(argv=None) -> int:
             steps[T] = args.steps
             continue
         per = []
-        for name in (methods_pcx or methods_pcg):
+        for name in methods_pcg + methods_pcx:
             t0 = time.perf_counter()
-            for _ in range(2):
-                cells[(T, name)]()
-            per.append((time.perf_counter() - t0) / 2 * 1e3)
-        steps[T] = max(1, min(1000, round(args.target_ms / max(statistics.mean(per), 1e-3))))
-    n_updates = sum(steps[T] * sum(1 for k in cells if k[0] == T) for T in Ts)
-    log(f"timing: {args.rounds} rounds x {len(cells)} cells (updates per cell: " +
+            cells[(T, name)]()
+            per.append((time.perf_counter() - t0) * 1e3)
+        steps[T] = max(2, min(1000, round(args.target_ms / max(statistics.mean(per), 1e-3))))
+    # blocks: a pcgraph method and its PCX counterpart, their updates alternating (a b, b a, a b, ...)
+    blocks = [(T, a, PAIRS[a] if ns is not None else None) for T in Ts for a in methods_pcg]
+    n_updates = sum(steps[T] * (1 + (b is not None)) for T, a, b in blocks)
+    log(f"timing: {args.rounds} rounds x {len(blocks)} blocks (updates per method and block: " +
         ", ".join(f"T={T}: {steps[T]}" for T in Ts) + f"; {n_updates} updates per round)")
 
-    times: dict[tuple[int, str], list[float]] = {k: [] for k in cells}
+    # per (T, a, b) block and method: one entry per round, ms per update (wall, and the process's CPU)
+    wall: dict[tuple, list[float]] = {}
+    cpu: dict[tuple, list[float]] = {}
     rng = random.Random(args.seed)
     for r in range(args.rounds):
-        order = list(cells)
+        order = list(blocks)
         rng.shuffle(order)
-        for key in order:
-            f, n = cells[key], steps[key[0]]
-            t0 = time.perf_counter()
-            for _ in range(n):
-                f()
-            times[key].append((time.perf_counter() - t0) / n * 1e3)
+        for blk in order:
+            T, a, b = blk
+            n = steps[T]
+            who = [a] if b is None else [a, b]
+            tw = dict.fromkeys(who, 0.0)
+            tc = dict.fromkeys(who, 0.0)
+            flip = rng.random() < 0.5
+            for i in range(n):
+                for name in (who[::-1] if (i % 2 == 1) != flip else who):
+                    f = cells[(T, name)]
+                    c0, t0 = time.process_time(), time.perf_counter()
+                    f()
+                    t1, c1 = time.perf_counter(), time.process_time()
+                    tw[name] += t1 - t0
+                    tc[name] += c1 - c0
+            for name in who:
+                wall.setdefault((blk, name), []).append(tw[name] / n * 1e3)
+                cpu.setdefault((blk, name), []).append(tc[name] / n * 1e3)
         if (r + 1) % 10 == 0 or r + 1 == args.rounds:
             log(f"  round {r + 1}/{args.rounds}")
 
     # ---- results ------------------------------------------------------------------------------
+    def per_round(table, T, name):
+        """ms per round of a method (the mean over the blocks it ran in that round)."""
+        lists = [v for (blk, nm), v in table.items() if blk[0] == T and nm == name]
+        return [statistics.mean(xs) for xs in zip(*lists)]
+
     results: dict = {}
     for T in Ts:
         row = {"steps_per_round": steps[T], "methods": {}, "pairs": {}}
         for name in methods_pcg + methods_pcx:
-            ts = times[(T, name)]
-            row["methods"][name] = {"ms": statistics.median(ts), "ms_iqr": quartiles(ts), "ms_rounds": ts}
+            ts, cs = per_round(wall, T, name), per_round(cpu, T, name)
+            row["methods"][name] = {"ms": statistics.median(ts), "ms_iqr": quartiles(ts), "ms_rounds": ts,
+                                    "cpu_ms": statistics.median(cs), "cpu_ms_iqr": quartiles(cs)}
         if ns is not None:
             for a, b in PAIRS.items():
-                ratios = [x / y for x, y in zip(times[(T, a)], times[(T, b)])]
+                blk = (T, a, b)
+                ratios = [x / y for x, y in zip(wall[(blk, a)], wall[(blk, b)])]
+                cratios = [x / y for x, y in zip(cpu[(blk, a)], cpu[(blk, b)])]
                 row["pairs"][f"{a} / {b}"] = {"ratio": statistics.median(ratios), "iqr": quartiles(ratios),
-                                              "ratios": ratios}
+                                              "ratios": ratios, "cpu_ratio": statistics.median(cratios),
+                                              "cpu_iqr": quartiles(cratios)}
         results[str(T)] = row
     fits = {}
     for name in methods_pcg + methods_pcx:
         fit = fit_line(Ts, [results[str(T)]["methods"][name]["ms"] for T in Ts])
         if fit is not None:
-            fits[name] = fit
+            cfit = fit_line(Ts, [results[str(T)]["methods"][name]["cpu_ms"] for T in Ts])
+            fits[name] = {**fit, "cpu_per_step_ms": cfit["per_step_ms"], "cpu_fixed_ms": cfit["fixed_ms"]}
     fit_ratios = {}
     if ns is not None and fits:
         for a, b in PAIRS.items():
             fa, fb = fits[a], fits[b]
             fit_ratios[f"{a} / {b}"] = {
                 "per_step": fa["per_step_ms"] / fb["per_step_ms"] if fb["per_step_ms"] > 0 else None,
-                "fixed": fa["fixed_ms"] / fb["fixed_ms"] if fb["fixed_ms"] > 0 else None}
+                "fixed": fa["fixed_ms"] / fb["fixed_ms"] if fb["fixed_ms"] > 0 and fa["fixed_ms"] > 0 else None,
+                "cpu_per_step": (fa["cpu_per_step_ms"] / fb["cpu_per_step_ms"] if fb["cpu_per_step_ms"] > 0
+                                 else None),
+                "cpu_fixed": (fa["cpu_fixed_ms"] / fb["cpu_fixed_ms"] if fb["cpu_fixed_ms"] > 0 and
+                              fa["cpu_fixed_ms"] > 0 else None)}
 
     machine = machine_info(torch.device("cpu"), torch.float32)
+    machine["loadavg_1min"] = {"start": load_start, "end": os.getloadavg()[0]}
     if ns is not None:
         machine["jax"] = ns.jax.__version__
         machine["pcx"] = ns.pcx_version
@@ -536,12 +577,18 @@ def format_md(rep: dict, Ts, methods_pcg, methods_pcx) -> str:
     lines.append(f"MLP {'-'.join(map(str, c['sizes']))}, tanh, squared-error output energy, batch {c['batch']}; "
                  f"activities: SGD lr {c['activity_optimizer']['lr']} for T steps from a forward pass, output "
                  f"clamped to the one-hot target; weights: SGD lr {c['weight_optimizer']['lr']} after inference. "
-                 f"Data: {c['data']}. {c['rounds']} rounds; every round runs each (T, method) cell in a fresh "
-                 f"random order; ratio = median over rounds of pcgraph ms / PCX ms in the same round (IQR).")
+                 f"Data: {c['data']}. {c['rounds']} rounds; every round runs one block per (T, pcgraph method) in "
+                 f"a fresh random order, and a block alternates the pcgraph method's updates with its PCX "
+                 f"counterpart's (a b, b a, ...); ratio = median over rounds of pcgraph ms / PCX ms in the same "
+                 f"block (IQR). Wall-clock time, and beside it the process's CPU time (`time.process_time`, "
+                 f"insensitive to other processes preempting this one). 'PCX ms' of `optax.sgd` is the mean of "
+                 f"its two blocks per round.")
     lines.append("")
     lines.append(f"Machine: {m['cpu']} ({m['cores']} cores), torch {m['torch']} with {m['threads']} thread"
                  + (f", jax {m['jax']} / pcx {m['pcx']} with 1 thread" if "jax" in m else "")
-                 + f", python {m['python']}, {m['date']}.")
+                 + f", python {m['python']}, {m['date']}; 1-minute load average {m['loadavg_1min']['start']:.1f} "
+                   f"at the start, {m['loadavg_1min']['end']:.1f} at the end (a shared machine: the paired "
+                   f"ratios are the robust numbers, the absolute ms less so).")
     lines.append("")
     if not rep["pcx"]["available"]:
         lines += [f"**{rep['pcx']['message']}** ({rep['pcx']['info']}).", ""]
@@ -550,18 +597,20 @@ def format_md(rep: dict, Ts, methods_pcg, methods_pcx) -> str:
               "pcgraph pc+m": f"pc, sgd 0.1 momentum {c['momentum_variant']} (energy engine)"}
     for T in Ts:
         row = rep["results"][str(T)]
-        lines.append(f"## T = {T} ({row['steps_per_round']} updates per cell and round)")
+        lines.append(f"## T = {T} ({row['steps_per_round']} updates per method and block)")
         lines.append("")
         if methods_pcx:
-            lines.append("| pcgraph method | pcgraph ms (IQR) | PCX | PCX ms (IQR) | pcgraph / PCX (IQR) |")
-            lines.append("|---|---|---|---|---|")
+            lines.append("| pcgraph method | pcgraph ms (IQR) | PCX | PCX ms (IQR) | pcgraph / PCX (IQR) | "
+                         "CPU-time ratio (IQR) |")
+            lines.append("|---|---|---|---|---|---|")
             for a in methods_pcg:
                 b = pairs[a]
                 ra, rb = row["methods"][a], row["methods"][b]
                 pr = row["pairs"][f"{a} / {b}"]
                 lines.append(f"| {labels[a]} | {ra['ms']:.2f} ({ra['ms_iqr'][0]:.2f}-{ra['ms_iqr'][1]:.2f}) | "
                              f"{b.replace('PCX ', 'optax.')} | {rb['ms']:.2f} ({rb['ms_iqr'][0]:.2f}-{rb['ms_iqr'][1]:.2f}) "
-                             f"| **{pr['ratio']:.2f}** ({pr['iqr'][0]:.2f}-{pr['iqr'][1]:.2f}) |")
+                             f"| **{pr['ratio']:.2f}** ({pr['iqr'][0]:.2f}-{pr['iqr'][1]:.2f}) "
+                             f"| {pr['cpu_ratio']:.2f} ({pr['cpu_iqr'][0]:.2f}-{pr['cpu_iqr'][1]:.2f}) |")
         else:
             lines.append("| pcgraph method | pcgraph ms (IQR) |")
             lines.append("|---|---|")
@@ -573,17 +622,21 @@ def format_md(rep: dict, Ts, methods_pcg, methods_pcx) -> str:
         lines.append(f"## Per inference step and fixed cost per update (least squares on the medians at T = "
                      f"{', '.join(map(str, Ts))})")
         lines.append("")
-        lines.append("| method | ms per inference step | fixed ms per update |")
-        lines.append("|---|---|---|")
+        lines.append("| method | ms per inference step | fixed ms per update | CPU ms per step | CPU fixed ms |")
+        lines.append("|---|---|---|---|---|")
         for name in methods_pcg + methods_pcx:
             f = rep["fits"][name]
-            lines.append(f"| {name} | {f['per_step_ms']:.3f} | {f['fixed_ms']:.3f} |")
+            lines.append(f"| {name} | {f['per_step_ms']:.3f} | {f['fixed_ms']:.3f} | {f['cpu_per_step_ms']:.3f} | "
+                         f"{f['cpu_fixed_ms']:.3f} |")
         if rep["fit_ratios"]:
             lines.append("")
-            lines.append("| pair | per-step ratio | fixed-cost ratio |")
-            lines.append("|---|---|---|")
+            lines.append("| pair | per-step ratio | fixed-cost ratio | CPU per-step ratio | CPU fixed-cost ratio |")
+            lines.append("|---|---|---|---|---|")
             for k, v in rep["fit_ratios"].items():
-                lines.append(f"| {k} | {_fmt(v['per_step'])} | {_fmt(v['fixed'])} |")
+                lines.append(f"| {k} | {_fmt(v['per_step'])} | {_fmt(v['fixed'])} | {_fmt(v['cpu_per_step'])} | "
+                             f"{_fmt(v['cpu_fixed'])} |")
+            lines.append("")
+            lines.append("(A ratio is '-' where an intercept is not positive: the line does not fit those medians.)")
         lines.append("")
     ch = rep["checks"]
     if ch:
@@ -593,7 +646,8 @@ def format_md(rep: dict, Ts, methods_pcg, methods_pcx) -> str:
         su = ch["same_update"]
         lines.append(f"- one update (T = {su['T']}, weights' lr {su['weight_lr']} for this check) from the same weights on the same batch, max |step_pcgraph - "
                      f"step_PCX| / max |step_pcgraph| over the weights: " +
-                     ", ".join(f"{k}: {v:.1e}" for k, v in su["max_rel_diff_of_weight_step"].items()))
+                     ", ".join(f"{k}: {v:.1e}" for k, v in su["max_rel_diff_of_weight_step"].items()) +
+                     f" (for scale: momentum changes pcgraph's step by {su['momentum_effect_il_vs_pc+m']:.2f} of it)")
         ld = ch["loss_decreases"]
         lines.append(f"- PCX's feed-forward loss (1/2 ||mu - y||^2 per sample) on one batch over {ld['updates']} "
                      f"updates (T = {ld['T']}): {ld['pcx_feedforward_loss'][0]:.4f} -> "
@@ -607,6 +661,12 @@ def format_md(rep: dict, Ts, methods_pcg, methods_pcx) -> str:
                  "from the same weights and train their own copies on the same batches. The energy is summed "
                  "over the batch on the PCX side and the weight gradient scaled by 1/B (pcgraph's mean "
                  "reduction), so the activity steps are per sample on both sides.")
+    multi = [f"T={T} {n} ({r['cpu_ms'] / r['ms']:.2f})" for T in Ts for n, r in rep["results"][str(T)]["methods"].items()
+             if r["ms"] > 0 and r["cpu_ms"] / r["ms"] > 1.2]
+    lines.append("")
+    top = max(r["cpu_ms"] / r["ms"] for T in Ts for r in rep["results"][str(T)]["methods"].values() if r["ms"] > 0)
+    lines.append(f"One core each: the process's CPU time / wall time per update is at most {top:.2f} over the cells"
+                 if not multi else "**More than one core busy** (CPU time / wall time > 1.2): " + ", ".join(multi))
     lines.append("")
     lines.append("Reproduce: `PCGRAPH_DATA=/work/shared/data python benchmarks/bench_pcx_speed.py` "
                  f"(`--rounds {c['rounds']} --T {','.join(map(str, Ts))}`).")

@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dtype", default="float32", help="float32 (default) or float64")
     run.add_argument("--out", metavar="DIR", help="output folder (default runs/<spec name>)")
     run.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
+    run.add_argument("--restart", action="store_true",
+                     help="start over in a DIR that holds an earlier run (which is kept whole in DIR/previous-K); "
+                          "without it, a DIR with a checkpoint is refused")
     run.add_argument("--init", metavar="WEIGHTS.pt", help="start from these weights (written by pcgraph import, "
                                                           "or a run's checkpoint.pt) instead of the seed's")
     run.add_argument("--tensorboard", action="store_true",
@@ -215,6 +218,15 @@ def cmd_run(args) -> int:
 
     spec = load_spec(args)
     out = _out_dir(args.out) if args.out else _out_dir(default_out(spec.name))
+    if args.resume and args.restart:
+        from .errors import SpecError
+
+        raise SpecError("--resume continues the run in DIR and --restart starts over: give one", "--restart")
+    if not args.resume and not args.restart and (out / "checkpoint.pt").exists():   # (before any process starts)
+        from .errors import CheckpointError
+
+        raise CheckpointError(f"{out} holds an earlier run's checkpoint: continue it with --resume, or start over "
+                              f"with --restart (the earlier run is then kept whole in {out}/previous-K)", "--out")
     if args.nproc is not None:      # data parallel: start the processes (each runs this without --nproc)
         check_nproc(args.nproc, args.device)
         if args.nproc > 1:
@@ -234,7 +246,8 @@ def cmd_run(args) -> int:
         tty = sys.stderr.isatty()
         # a terminal gets a progress bar; a log file a progress line every 30 s during an epoch
         trainer = Trainer(exp, out, progress=main and not args.no_progress and tty, log=say,
-                          progress_every=None if not main or args.no_progress or tty else 30.0)
+                          progress_every=None if not main or args.no_progress or tty else 30.0,
+                          restart=args.restart)
         if args.tensorboard and main:
             from .viz import TensorBoardLogger
 

@@ -331,12 +331,19 @@ def test_resume_refuses_changed_settings(tmp_path, capsys, change, what):
     assert "cannot resume" in err and what in err and "checkpoint" in err
 
 
-def test_rerun_without_resume_does_not_append(tmp_path, capsys):
+def test_a_new_run_never_destroys_an_old_one(tmp_path, capsys):
     out = tmp_path / "run"
     assert _run(out, "--epochs", "2") == 0
-    assert _run(out, "--epochs", "1") == 0
+    before = (out / "checkpoint.pt").read_bytes()
+    capsys.readouterr()
+    err = _cli_error(capsys, ["run", str(QUICKSTART), "--out", str(out), "--no-progress", "--epochs", "1",
+                              "--set", "data.train_subset=64", "--set", "data.test_subset=64"])
+    assert "--resume" in err and "--restart" in err and len(err.strip().splitlines()) == 1
+    assert (out / "checkpoint.pt").read_bytes() == before and _epochs(out) == [1, 2]      # untouched
+    assert _run(out, "--epochs", "1", "--restart") == 0
     assert _epochs(out) == [1]
-    assert (out / "metrics.jsonl.1").exists()
+    kept = out / "previous-1"
+    assert (kept / "checkpoint.pt").read_bytes() == before and len((kept / "metrics.jsonl").read_text().splitlines()) == 2
 
 
 def test_resume_after_a_kill_between_metrics_and_checkpoint(tmp_path, capsys):

@@ -40,6 +40,7 @@ GEN = textwrap.dedent("""\
       classify: {clamp: {image: image}, read: [label], T: 100, optimizer: {name: sgd, lr: 0.1, momentum: 0.5}}
       generate: {clamp: {label: label}, read: [image], T: 20}
       complete: {clamp: {image: {field: image, mask: top_half}}, read: [image], T: 100}
+      denoise: {clamp: {image: {field: image, noise: 0.3}}, read: [image], T: 30, iterate: 4}
     evaluate: classify
     """)
 
@@ -103,7 +104,7 @@ def test_unknown_query_is_one_line_naming_the_known_ones(trained, capsys):
     rc = main(["infer", str(run), "--query", "clasify", "--no-progress"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1
-    assert "unknown query 'clasify'" in err and "classify, generate, complete" in err
+    assert "unknown query 'clasify'" in err and "classify, generate, complete, denoise" in err
 
 
 def test_a_mask_out_of_range_is_located(tmp_path):
@@ -212,3 +213,20 @@ def test_engine_masks_hold_clamped_units_under_adam():
     assert torch.equal(out.values["image"][:, mask], x[:, mask])
     assert not torch.equal(out.values["image"][:, ~mask], x[:, ~mask])
     assert len(out.trace) == eng.config.T + 1
+
+
+def test_the_retrieval_map_reads_the_prediction_and_iterates(trained):
+    """iterate: K clamps the image to its own prediction after every round; a node clamped
+    whole reads as its prediction, not as the noisy data it was given."""
+    _, _, exp = trained
+    spec = exp.spec
+    q = spec.queries["denoise"]
+    r4 = answer(exp, q, n=64)
+    one = type(q)(**{**vars(q), "iterate": 1})
+    r1 = answer(exp, one, n=64)
+    noisy = r4.shown["image"]
+    assert not torch.equal(r4.values["image"], noisy)            # the prediction, not the clamped data
+    noise_mse = float((noisy - r4.truth["image"]).pow(2).mean())
+    assert r1.metrics["mse/image"] < noise_mse                   # one round already removes noise
+    assert r4.metrics["mse/image"] != r1.metrics["mse/image"]    # further rounds change the answer
+    assert set(r4.metrics) >= {"recalled@0.001/image", "recalled@0.005/image"}

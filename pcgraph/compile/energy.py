@@ -80,7 +80,7 @@ class Clamps:
 
     def check(self, cg) -> None:
         """Every clamped, masked or started node exists and its tensor fits its shape (a
-        loss-clamped output's target is checked by its loss); located :class:`DataError`\ s."""
+        loss-clamped output's target is checked by its loss); located ``DataError`` s."""
         g = cg.graph
         B = self.batch()
         for kind, d in (("clamped", self.values), ("started", self.starts), ("masked", self.masks)):

@@ -19,13 +19,17 @@ how inference runs. Every other node is free and inferred::
         clamp: {image: {field: image, mask: top_half}}
         read: [image]
         optimizer: {name: sgd, lr: 0.1, momentum: 0.5}
-      denoise: {clamp: {}, start: {image: {field: image, noise: 0.3}}, read: [image]}
+      denoise: {clamp: {image: {field: image, noise: 0.3}}, read: [image], iterate: 30}
 
 Masks (True = clamped unit) are named halves ``top_half``, ``bottom_half``, ``left_half``,
 ``right_half`` of an image-shaped node, or ``{rows: [a, b]}``, ``{cols: [a, b]}`` (half-open,
 over the image's last two axes) or ``{units: [a, b]}`` (over the flattened node). A flat node
 (``[784]``) is read as a square image (``[28, 28]``; ``3 k^2`` values as ``[3, k, k]``) unless
-the mask names ``image_shape``. A discriminative spec's default query ``predict`` clamps the
+the mask names ``image_shape``. ``iterate: K`` runs the retrieval map of Salvatori et al.
+(2021) K times: after each round of inference every clamped node is clamped anew to its own
+prediction ``mu`` (its free units keep their inferred values). A node clamped whole that is read out gives
+its prediction: denoising clamps the noisy image, and the network's reconstruction replaces
+it round after round. A discriminative spec's default query ``predict`` clamps the
 inputs and reads the outputs: the feed-forward prediction.
 """
 
@@ -44,7 +48,7 @@ FIELD_ALIASES = {"x": "image", "input": "image", "y": "label", "target": "label"
 MASKS = ("top_half", "bottom_half", "left_half", "right_half")
 METRICS = ("accuracy", "mse", "class_means", "none")
 QUERY_KEYS = ("clamp", "start", "read", "T", "optimizer", "init", "init_std", "tol", "metric", "split",
-              "description")
+              "iterate", "description")
 ENTRY_KEYS = ("field", "mask", "noise")
 
 
@@ -183,6 +187,9 @@ class Query:
     metric: str | None = None
     #: the split answered by default (``train``: recall of stored memories)
     split: str = "test"
+    #: rounds of the retrieval map (Salvatori et al. 2021): after each round the clamped nodes
+    #: are clamped to their own prediction ``mu``, and a clamped node reads out as its prediction
+    iterate: int = 1
     description: str | None = None
 
     @classmethod
@@ -229,6 +236,11 @@ class Query:
         if split not in ("train", "test"):
             raise SpecError(f"unknown split {split!r} (known: train, test)", f"{where}.split")
         q.split = split
+        it = raw.get("iterate", 1)
+        if isinstance(it, bool) or not isinstance(it, int) or not 1 <= it <= 10_000:
+            raise SpecError(f"iterate must be an integer in [1, 10000] (rounds of the retrieval map), got {it!r}",
+                            f"{where}.iterate")
+        q.iterate = it
         q.description = raw.get("description")
         return q
 
@@ -262,6 +274,8 @@ class Query:
                 d[key] = v
         if self.split != "test":
             d["split"] = self.split
+        if self.iterate != 1:
+            d["iterate"] = self.iterate
         return d
 
 

@@ -7,9 +7,12 @@ beside the *truth*: the field each read node is clamped to while training. The m
 the question:
 
 * a read node trained on ``label``: ``accuracy`` of ``argmax`` against the labels;
+* a read node that the query clamps whole reads as its *prediction* ``mu`` (its data is
+  given; the network's reconstruction of it is the answer: a denoised image);
 * a read node trained on ``image``: ``mse`` against the true sample over the inferred units
   (the free ones of a mask), beside ``mse_mean_image``, the error of the mean training image
-  on the same units (a recall must beat it); when the query clamps a label and reads an
+  on the same units (a recall must beat it), and ``recalled@0.001`` / ``recalled@0.005``, the
+  fraction of samples whose own error is below that threshold; when the query clamps a label and reads an
   image (generation), ``class_means``: the fraction of generated images nearer to their own
   class's mean training image than to any other class's.
 
@@ -29,6 +32,11 @@ from ..compile import PCKernel
 from ..compile.energy import Clamps, EnergyEngine, EngineConfig
 from ..errors import SpecError
 from ..spec.queries import Query, build_mask, default_clamp
+
+
+#: per-sample mean squared errors under which an image counts as recalled (Salvatori et al. 2021:
+#: 0.001 for partial images, 0.005 for noisy ones)
+RECALL_THRESHOLDS = (0.001, 0.005)
 
 
 @dataclass
@@ -111,10 +119,11 @@ def answer(exp, query: Query | str, split: str | None = None, n: int | None = No
     gen = torch.Generator(device=net.device).manual_seed(seed)
     noise_gen = torch.Generator(device=xs.device).manual_seed(seed + 1)
     out_values: dict[str, list] = {v: [] for v in query.read}
-    shown: dict[str, list] = {v: [] for v in {*masks, *query.start}}
+    noisy = {v for v, e in query.clamp.items() if e.noise and v not in masks}
+    shown: dict[str, list] = {v: [] for v in {*masks, *query.start, *noisy}}
     energy_sum: list[torch.Tensor] = []
     node_sum: list[dict] = []
-    steps_total = math.ceil(total / bs) * (config.T + 1)
+    steps_total = math.ceil(total / bs) * (config.T + 1) * query.iterate
     done = 0
     for start in range(0, total, bs):
         x = xs[start:min(start + bs, total)]
@@ -128,18 +137,32 @@ def answer(exp, query: Query | str, split: str | None = None, n: int | None = No
         for v in shown:
             if v in clamps.starts:
                 shown[v].append(clamps.starts[v])
+            elif v in noisy:                    # the noisy data it is clamped to (before any iteration)
+                shown[v].append(clamps.values[v].clone())
             else:
                 m = clamps.masks[v]
                 shown[v].append(torch.where(m.unsqueeze(0) if m.dim() < clamps.values[v].dim() else m,
                                             clamps.values[v], torch.full_like(clamps.values[v], float("nan"))))
 
-        def step(t, _done=done):
+        def step(t, _done=[done]):
             if progress is not None:
-                progress(_done + t + 1, steps_total)
+                _done[0] += 1
+                progress(min(_done[0], steps_total), steps_total)
         res = engine.run(clamps, gen, record=True, progress=step)
-        done += config.T + 1
+        for _ in range(query.iterate - 1):      # the retrieval map: clamp to the prediction, infer again
+            mu, _ = engine.errors(res.values, res.targets)
+            for v in query.clamp:
+                if v in mu:
+                    clamps.values[v] = torch.where(clamps.masks[v], res.values[v], mu[v]) if v in clamps.masks \
+                        else mu[v]
+            res = engine.run(clamps, gen, record=True, progress=step)
+        done += (config.T + 1) * query.iterate
+        whole = [v for v in query.read if v in query.clamp and v not in clamps.masks]
+        mu_end = engine.errors(res.values, res.targets)[0] if whole else {}
         for v in query.read:
-            if v in res.values:
+            if v in whole and v in mu_end:      # a node clamped whole reads as its prediction (the recall)
+                out_values[v].append(mu_end[v])
+            elif v in res.values:
                 out_values[v].append(res.values[v])
             else:                               # a clamped output: its data
                 out_values[v].append(clamps.values[v])
@@ -219,6 +242,9 @@ def _metrics(r: QueryResult, batches, fields: dict, query: Query) -> dict[str, f
         if want in (None, "mse"):
             out[f"mse/{v}"] = float(d.pow(2).mean())
             out[f"mse_mean_image/{v}"] = float(mdiff.pow(2).mean())
+            per = d.pow(2).mean(1)          # Salvatori et al. (2021): a memory is retrieved below a threshold
+            for thr in RECALL_THRESHOLDS:
+                out[f"recalled@{thr:g}/{v}"] = float((per < thr).double().mean())
         if fields.get(v) == "image" and (want == "class_means" or (want is None and clamped_label)) \
                 and not batches.regression:
             out[f"class_means/{v}"] = class_mean_match(flat, r.labels, batches)

@@ -134,10 +134,11 @@ class Experiment:
 
     @torch.no_grad()
     def evaluate_query(self) -> dict:
-        """The spec's ``evaluate`` query on the test split (a graph without a feed-forward
-        order has no prediction to score): its accuracy as ``test_accuracy`` (NaN when it
-        reads no label), its reconstruction error (or final energy per sample) as ``test_loss``,
-        and every metric under ``test/<name>``."""
+        """The spec's ``evaluate`` query, on its own split (the test split unless the query
+        says ``split: train``, as a memory's recall of what it stored does): its accuracy as
+        ``test_accuracy`` (NaN when it reads no label), its reconstruction error (or final
+        energy per sample) as ``test_loss``, and every metric under ``test/<name>`` (the
+        record keeps these keys whatever the split, so curves and plots read every run alike)."""
         from .query import answer
 
         if self.spec.evaluate is None:
@@ -232,6 +233,9 @@ class Trainer:
     progress_every: float | None = None
     #: called with every epoch's record (e.g. a TensorBoard logger's ``log(record, epoch)``)
     on_epoch: list = field(default_factory=list)
+    #: a fresh run into a folder that holds an earlier run's checkpoint moves that run aside
+    #: (``OUT/previous-K``) instead of refusing
+    restart: bool = False
 
     @property
     def _writes(self) -> bool:
@@ -339,11 +343,32 @@ class Trainer:
         tmp.write_text("".join(line + "\n" for line in keep))
         os.replace(tmp, metrics)
 
+    def _keep_previous_run(self) -> None:
+        """A fresh run never overwrites an earlier run's checkpoint: without ``restart`` it
+        refuses; with it the earlier run's files move, whole, to ``OUT/previous-K``."""
+        ckpt = self.checkpoint_path()
+        if self.start_epoch != 0 or ckpt is None or not ckpt.exists():
+            return
+        if not self.restart:
+            raise CheckpointError(f"{self.out} holds an earlier run's checkpoint: continue it with --resume, or "
+                                  "start over with --restart (the earlier run is then kept whole in "
+                                  f"{self.out}/previous-K)", "--out")
+        k = 1
+        while (self.out / f"previous-{k}").exists():
+            k += 1
+        keep = self.out / f"previous-{k}"
+        keep.mkdir()
+        for name in ("checkpoint.pt", "metrics.jsonl", "spec.yaml", "tensorboard"):
+            if (self.out / name).exists():
+                os.replace(self.out / name, keep / name)
+        self.log(f"a new run: the earlier run in {self.out} was moved to {keep}")
+
     def fit(self, epochs: int | None = None) -> list[dict]:
         exp = self.exp
         epochs = epochs or exp.spec.train.epochs
         if self.out and self._writes:
             self.out.mkdir(parents=True, exist_ok=True)
+            self._keep_previous_run()
             self._prepare_metrics()
             (self.out / "spec.yaml").write_text(exp.spec.to_yaml())
         steps = _steps_per_epoch(exp.spec, exp.batches)

@@ -40,7 +40,8 @@ def query_grid(result, graph, path: str | Path, rows: int = 8) -> Path | None:
     cols: list[tuple[str, str, torch.Tensor | None]] = []
     for v in nodes:
         if v in result.shown:
-            what = "start (noisy)" if v in result.query.start else "clamped input"
+            noisy = v in result.query.clamp and result.query.clamp[v].noise and result.query.clamp[v].mask is None
+            what = "start (noisy)" if v in result.query.start else "clamped (noisy)" if noisy else "clamped input"
             cols.append((v, what, result.shown[v]))
         cols.append((v, "inferred", result.values[v]))
         if result.truth.get(v) is not None:
