@@ -260,17 +260,39 @@ class EnergyEngine:
         return m if m.dim() == len(self.cg.graph.nodes[v].shape) + 1 else m.unsqueeze(0)
 
     # ---- one evaluation of the energy's gradient ------------------------------------------------
-    def errors(self, x: dict[str, Tensor], targets: dict[str, Tensor]):
+    def activated(self, x: dict[str, Tensor]):
+        """``inputs(i)``: edge ``i``'s activated sources ``[f_k(x_pk)]`` at the values ``x``, each
+        ``f(x_v)`` computed once per node and activation (valid while ``x`` does not change)."""
+        f, cache = self.kernel.f, {}
+        meta = self.__dict__.get("_act_meta")
+        if meta is None:
+            meta = self.__dict__["_act_meta"] = [tuple((s, a.name) for s, a in zip(e.sources, acts))
+                                                 for e, acts in zip(self.cg.edges, self.cg.acts)]
+
+        def inputs(i: int) -> list[Tensor]:
+            out = []
+            for k, key in enumerate(meta[i]):
+                t = cache.get(key)
+                if t is None:
+                    t = cache[key] = f(i, k, x[key[0]])
+                out.append(t)
+            return out
+        return inputs
+
+    def errors(self, x: dict[str, Tensor], targets: dict[str, Tensor], inputs=None):
         """``(mu, eps)`` of every node with in-edges (``eps``: the kernel's error)."""
         k = self.kernel
-        mu = {c: k.prediction(c, lambda i: k.inputs(i, x)) for c in self.cg.order if self.has_mu[c]}
+        inputs = inputs or self.activated(x)
+        mu = {c: k.prediction(c, inputs) for c in self.cg.order if self.has_mu[c]}
         eps = {c: k.error(c, x.get(c), mu[c], targets.get(c)) for c in mu}
         return mu, eps
 
-    def drives(self, x: dict[str, Tensor], eps: dict[str, Tensor], free: list[str]) -> dict[str, Tensor | None]:
+    def drives(self, x: dict[str, Tensor], eps: dict[str, Tensor], free: list[str],
+               inputs=None) -> dict[str, Tensor | None]:
         """``sum_(e,k) f_k'(x_v) (d op_e/d u_k)^T e_c`` for every free ``v``: one VJP per edge,
         for the free sources it reads."""
         k, cg = self.kernel, self.cg
+        inputs = inputs or self.activated(x)
         free_set = set(free)
         messages: dict[str, list[Tensor]] = {v: [] for v in free}
         done: set[int] = set()
@@ -281,7 +303,7 @@ class EnergyEngine:
                 done.add(i)
                 e = cg.edges[i]
                 wanted = [s in free_set for s in e.sources]
-                us = k.inputs(i, x)
+                us = inputs(i)
                 gin = k.edge_vjp(i, us, eps[e.dst], wanted, False)[0]
                 for j, s in enumerate(e.sources):
                     if wanted[j]:
@@ -329,17 +351,19 @@ class EnergyEngine:
         return sum(parts.values(), torch.zeros((), dtype=next(iter(x.values())).dtype))
 
     # ---- parameter updates -------------------------------------------------------------------
-    def updates(self, x: dict[str, Tensor], eps: dict[str, Tensor], t: int, acc: dict | None = None) -> dict:
+    def updates(self, x: dict[str, Tensor], eps: dict[str, Tensor], t: int, acc: dict | None = None,
+                inputs=None) -> dict:
         """``sum_b (d op_e/d theta)^T s_c`` per parameter group (``s_c`` the kernel's learn signal)."""
         k, cg = self.kernel, self.cg
         acc = {} if acc is None else acc
+        inputs = inputs or self.activated(x)
         for i, e in enumerate(cg.edges):
             if not cg.has_params(i):
                 continue
             signal = k.learn_signal(i, t, eps[e.dst])
             if signal is None:
                 continue
-            grads = k.edge_vjp(i, k.inputs(i, x), signal, [False] * len(e.sources), True)[1]
+            grads = k.edge_vjp(i, inputs(i), signal, [False] * len(e.sources), True)[1]
             k.accumulate(acc, e.key, grads)
         return acc
 
@@ -374,7 +398,8 @@ class EnergyEngine:
         eps: dict = {}
         start_mu: dict = {}
         for t in range(T + 1):
-            mu, eps = self.errors(x, targets)
+            inputs = self.activated(x)           # f(x) once per node and step
+            mu, eps = self.errors(x, targets, inputs)
             if t == 0:
                 start_mu = {o: mu[o] for o in targets}
                 first = self.energies(x, mu, eps, targets, free)
@@ -392,9 +417,9 @@ class EnergyEngine:
             step_updates = None
             if c.update_at == "every":
                 if not stop:
-                    step_updates = self.updates(x, eps, t)
+                    step_updates = self.updates(x, eps, t, inputs=inputs)
             elif t == t_update or (stop and t_update >= t):
-                self.updates(x, eps, t, acc)
+                self.updates(x, eps, t, acc, inputs)
                 t_update = -1
             if progress is not None:
                 progress(t)
@@ -404,7 +429,7 @@ class EnergyEngine:
                 else:
                     final = trace[-1]["nodes"]
                 break
-            drive = self.drives(x, eps, free)
+            drive = self.drives(x, eps, free, inputs)
             if step_updates is not None:       # iPC: the weights step beside the values, both from F at t
                 on_update(step_updates, t)
             x = self._move(x, mu, eps, drive, clamps, free, targets, opt)
@@ -440,8 +465,9 @@ class EnergyEngine:
             trial = dict(x)
             for v in free:
                 trial[v] = x[v] - c.lr * g[v]
-            mu2, eps2 = self.errors(trial, targets)
-            g2 = self.gradient(trial, eps2, self.drives(trial, eps2, free), clamps)
+            at = self.activated(trial)
+            mu2, eps2 = self.errors(trial, targets, at)
+            g2 = self.gradient(trial, eps2, self.drives(trial, eps2, free, at), clamps)
             for v in free:
                 new_x[v] = x[v] - (0.5 * c.lr) * (g[v] + g2[v])
             return new_x
