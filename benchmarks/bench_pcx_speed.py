@@ -668,8 +668,9 @@ def format_md(rep: dict, Ts, methods_pcg, methods_pcx) -> str:
     lines.append(f"One core each: the process's CPU time / wall time per update is at most {top:.2f} over the cells"
                  if not multi else "**More than one core busy** (CPU time / wall time > 1.2): " + ", ".join(multi))
     lines.append("")
-    lines.append("Reproduce: `PCGRAPH_DATA=/work/shared/data python benchmarks/bench_pcx_speed.py` "
-                 f"(`--rounds {c['rounds']} --T {','.join(map(str, Ts))}`).")
+    lines.append("Reproduce: `PCGRAPH_DATA=/work/shared/data taskset -c 0 python benchmarks/bench_pcx_speed.py` "
+                 f"(`--rounds {c['rounds']} --T {','.join(map(str, Ts))}`). Pin the process to one core: XLA's "
+                 "thread pool otherwise takes a second core when one is idle, and the ratios swing by 1.5x.")
     return "\n".join(lines) + "\n"
 
 
