@@ -212,6 +212,9 @@ class EnergyEngine:
             if v not in targets and v not in clamps.masks:
                 x[v] = t
         pending = [v for v in cg.order if v not in x and v not in targets]
+        #: predictions computed for the forward start: the first step's mu where nothing moved since
+        predicted: dict[str, Tensor] = {}
+        self._start_mu = predicted
 
         def fallback(v: str) -> Tensor:
             shape = (B, *cg.graph.nodes[v].shape)
@@ -231,7 +234,7 @@ class EnergyEngine:
                         ready = v
                         break
             if ready is not None:
-                value = k.prediction(ready, lambda i: k.inputs(i, x))
+                value = predicted[ready] = k.prediction(ready, lambda i: k.inputs(i, x))
             else:
                 ready = next((v for v in pending if v not in derived), pending[0])
                 value = fallback(ready)
@@ -279,11 +282,13 @@ class EnergyEngine:
             return out
         return inputs
 
-    def errors(self, x: dict[str, Tensor], targets: dict[str, Tensor], inputs=None):
-        """``(mu, eps)`` of every node with in-edges (``eps``: the kernel's error)."""
+    def errors(self, x: dict[str, Tensor], targets: dict[str, Tensor], inputs=None, known: dict | None = None):
+        """``(mu, eps)`` of every node with in-edges (``eps``: the kernel's error); ``known``:
+        predictions already computed at these same values (the forward start's)."""
         k = self.kernel
         inputs = inputs or self.activated(x)
-        mu = {c: k.prediction(c, inputs) for c in self.cg.order if self.has_mu[c]}
+        known = known or {}
+        mu = {c: known[c] if c in known else k.prediction(c, inputs) for c in self.cg.order if self.has_mu[c]}
         eps = {c: k.error(c, x.get(c), mu[c], targets.get(c)) for c in mu}
         return mu, eps
 
@@ -384,8 +389,11 @@ class EnergyEngine:
             raise DataError(f"this graph is clamped by its clamp section ({', '.join(self.cg.clamped)}), but no "
                             "value was given for any of those nodes", "clamp")
         targets = self.targets_of(clamps)
+        known = None
         if x is None:
             x = self.start(clamps, generator)
+            if c.init_std == 0:          # nothing moved since the start computed these predictions
+                known = self._start_mu
         free = self.free_nodes(clamps)
         T = c.T
         t_update = T if c.update_at in ("end", None) else c.update_at
@@ -399,7 +407,7 @@ class EnergyEngine:
         start_mu: dict = {}
         for t in range(T + 1):
             inputs = self.activated(x)           # f(x) once per node and step
-            mu, eps = self.errors(x, targets, inputs)
+            mu, eps = self.errors(x, targets, inputs, known if t == 0 else None)
             if t == 0:
                 start_mu = {o: mu[o] for o in targets}
                 first = self.energies(x, mu, eps, targets, free)
