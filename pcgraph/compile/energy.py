@@ -406,6 +406,10 @@ class EnergyEngine:
         eps: dict = {}
         start_mu: dict = {}
         for t in range(T + 1):
+            # the kernel's fast path within this step: dense linear edges by addmm/mm, and an op
+            # without a hand-written VJP linearized once at its prediction, its pullback reused
+            # by the VJPs of the same step (the activations are this step's own tensors)
+            k.memo = {}
             inputs = self.activated(x)           # f(x) once per node and step
             mu, eps = self.errors(x, targets, inputs, known if t == 0 else None)
             if t == 0:
@@ -441,6 +445,7 @@ class EnergyEngine:
             if step_updates is not None:       # iPC: the weights step beside the values, both from F at t
                 on_update(step_updates, t)
             x = self._move(x, mu, eps, drive, clamps, free, targets, opt)
+        k.memo = None
         zero = torch.zeros((), dtype=next(iter(x.values())).dtype)
         return Inference(x, eps, acc, trace, targets, sum(final.values(), zero), start_mu,
                          sum(first.values(), zero))
