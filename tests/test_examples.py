@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize("script,args", [
     ("build_and_train.py", ["--epochs", "2"]), ("networkx_graph.py", []), ("gamma_per_layer.py", []),
+    ("energy_queries.py", ["--epochs", "2"]),
 ])
 def test_example_runs(script, args, tmp_path):
     if script == "build_and_train.py":
@@ -26,6 +27,9 @@ def test_example_runs(script, args, tmp_path):
     if script == "networkx_graph.py":
         div = float(re.search(r"max divergence: (\S+)", res.stdout).group(1))
         assert div <= 1e-10
+    if script == "energy_queries.py":            # classification by inference, well above chance (0.1)
+        acc = float(re.search(r"accuracy/label: (\S+)", res.stdout).group(1))
+        assert acc > 0.5, res.stdout
     if script == "gamma_per_layer.py":
         for line in res.stdout.splitlines():
             m = re.search(r"ratio (\S+)\s+gamma\*\*l (\S+)$", line)

@@ -293,6 +293,16 @@ class Spec:
         self.unrolls.append(u)
         return self
 
+    def set_clamp(self, clamp: dict[str, str]) -> "Spec":
+        """Training clamps by data field, ``{node: "image" | "label"}`` (the ``clamp:`` section)."""
+        self.clamp = parse_clamp(clamp)
+        return self
+
+    def add_query(self, name: str, **query) -> "Spec":
+        """A named query (the keys of a ``queries:`` entry: ``clamp``, ``read``, ``T``, ...)."""
+        self.queries[name] = Query.parse(name, query, f"queries.{name}")
+        return self
+
     def set_data(self, **kw) -> "Spec":
         self.data = DataSpec.from_dict({**asdict(self.data), **kw})
         return self
