@@ -90,10 +90,15 @@ def cmd_wave(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from .curves import plot_runs
+    import sys
 
-    path = plot_runs(args.runs, args.out, title=args.title)
-    print(f"wrote {path}")
+    from .curves import _show, plot_runs
+
+    def warn(message: str) -> None:     # one line per run folder with skipped metrics lines
+        print(f"pcgraph plot: warning: {message}", file=sys.stderr)
+
+    path = plot_runs(args.runs, args.out, title=args.title, warn=warn)
+    print(f"wrote {_show(path)}")
     return 0
 
 
