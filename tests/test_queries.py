@@ -230,3 +230,38 @@ def test_the_retrieval_map_reads_the_prediction_and_iterates(trained):
     assert r1.metrics["mse/image"] < noise_mse                   # one round already removes noise
     assert r4.metrics["mse/image"] != r1.metrics["mse/image"]    # further rounds change the answer
     assert set(r4.metrics) >= {"recalled@0.001/image", "recalled@0.005/image"}
+
+
+@pytest.mark.parametrize("algorithm", [{"name": "il", "T": 4, "gamma": 0.2},
+                                       {"name": "pc", "T": 4, "init": "noise", "init_std": 0.1}])
+def test_resume_on_a_cyclic_graph_is_bit_identical(tmp_path, algorithm):
+    text = textwrap.dedent("""\
+        name: cyclic
+        seed: 0
+        data: {dataset: digits, batch_size: 16, train_subset: 64, test_subset: 32}
+        model:
+          nodes:
+            - {name: x, shape: [64], role: input}
+            - {name: a, shape: [16]}
+            - {name: b, shape: [16]}
+            - {name: y, shape: [10], role: output}
+          edges:
+            - {from: x, to: a, op: linear, bias: true}
+            - {from: a, to: b, op: linear, activation: tanh}
+            - {from: b, to: a, op: linear, activation: tanh}
+            - {from: b, to: y, op: linear, activation: tanh}
+        loss: mse
+        train: {epochs: 2, optimizer: {name: adam, lr: 0.01}}
+        queries:
+          classify: {clamp: {x: image}, read: [y], T: 10}
+        evaluate: classify
+        """)
+    spec = Spec.from_yaml(text)
+    spec.set_train(algorithm=algorithm)
+    spec.validate()
+    straight = _train(spec, tmp_path / "a", 2)
+    assert not straight.compiled.ordered and straight.compiled.cycle == ["a", "b", "a"]
+    _train(spec, tmp_path / "b", 1)
+    resumed = _train(spec, tmp_path / "b", 2, resume=True)
+    for k, v in straight.net.state_dict().items():
+        assert torch.equal(v, resumed.net.state_dict()[k]), k
