@@ -54,3 +54,14 @@ class CheckpointError(PCGraphError):
 class TrainingError(PCGraphError):
     """Training cannot go on (e.g. the loss or a parameter became NaN or infinite); the CLI
     exits with status 3. The last good checkpoint is kept."""
+
+
+def unpickling_reason(exc: BaseException) -> str:
+    """The one line of torch's ``weights_only`` refusal that says what the file holds (the
+    forbidden global), never its advice to retry with ``weights_only=False``."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    for ln in lines:
+        if "GLOBAL" in ln or "Unsupported" in ln or "unsupported" in ln:
+            return ln
+    keep = [ln for ln in lines if "weights_only" not in ln and "torch.load" not in ln]
+    return keep[0] if keep else type(exc).__name__

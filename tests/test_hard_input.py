@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from pcgraph.cli import main
 from pcgraph.errors import CheckpointError
@@ -381,3 +382,13 @@ def test_cli_run_uses_progress_lines_when_stderr_is_not_a_terminal(tmp_path, mon
     assert main(["run", str(QUICKSTART), "--out", str(tmp_path / "r"), "--epochs", "1",
                  "--set", "data.train_subset=64", "--set", "data.test_subset=64"]) == 0
     assert seen == {"progress": False, "every": 30.0}
+
+
+def test_init_from_a_crafted_file_is_one_line_without_torchs_advice(tmp_path, capsys):
+    bad = tmp_path / "evil.pt"
+    _Evil.marker = tmp_path / "pwned"
+    torch.save({"x": _Evil()}, bad)
+    err = _cli_error(capsys, ["run", str(QUICKSTART), "--init", str(bad), "--out", str(tmp_path / "o"),
+                              "--no-progress", "--epochs", "1"])
+    assert "refusing to read the weights" in err and "GLOBAL" in err
+    assert "weights_only" not in err and "likely succeed" not in err and not _Evil.marker.exists()

@@ -11,6 +11,8 @@ and :meth:`ImportedModel.network`, a ready network holding those weights.
 
 from __future__ import annotations
 
+import pickle
+
 import contextlib
 import io
 import math
@@ -21,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, PCGraphError
+from ..errors import CheckpointError, PCGraphError, unpickling_reason
 from ..ir import PCGraph
 from ..spec import Spec
 from .fx import FxImporter, TorchImportError
@@ -169,8 +171,13 @@ def load_weights(net, path: str | Path) -> None:
         state = torch.load(path, map_location=net.device, weights_only=True)
     except FileNotFoundError:
         raise CheckpointError("no such weights file", None, str(path)) from None
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError("refusing to read the weights: the file holds objects other than tensors and plain "
+                              f"data (only those are loaded, so a crafted file cannot run code): "
+                              f"{unpickling_reason(exc)}", None, str(path)) from None
     except Exception as exc:
-        raise CheckpointError(f"cannot read the weights: {type(exc).__name__}: {exc}", None, str(path)) from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise CheckpointError(f"cannot read the weights: {type(exc).__name__}: {first}", None, str(path)) from None
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, unpickling_reason
 
 FORMAT = "pcgraph-checkpoint-2"   # 2: the rule's own state_dict (and optimizer) are saved too
 
@@ -33,7 +33,7 @@ def load_checkpoint(path: str | Path, map_location=None) -> dict:
     except FileNotFoundError:
         raise CheckpointError("no checkpoint here to resume from", None, str(path)) from None
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        first = unpickling_reason(exc)
         raise CheckpointError("refusing to read the checkpoint: it holds objects other than tensors and "
                               f"plain data (only those are loaded, so a crafted file cannot run code): {first}",
                               None, str(path)) from None
