@@ -222,11 +222,10 @@ def cmd_run(args) -> int:
         from .errors import SpecError
 
         raise SpecError("--resume continues the run in DIR and --restart starts over: give one", "--restart")
-    if not args.resume and not args.restart and (out / "checkpoint.pt").exists():   # (before any process starts)
-        from .errors import CheckpointError
+    if not args.resume and not args.restart:        # (before any process starts)
+        from .train.trainer import refuse_earlier_run
 
-        raise CheckpointError(f"{out} holds an earlier run's checkpoint: continue it with --resume, or start over "
-                              f"with --restart (the earlier run is then kept whole in {out}/previous-K)", "--out")
+        refuse_earlier_run(out)
     if args.nproc is not None:      # data parallel: start the processes (each runs this without --nproc)
         check_nproc(args.nproc, args.device)
         if args.nproc > 1:

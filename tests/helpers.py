@@ -64,3 +64,43 @@ def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def network(spec: Spec, seed=1, dtype=torch.float64) -> PCNetwork:
     return PCNetwork(compile_graph(spec.model, spec.loss), seed=seed, dtype=dtype)
+
+
+def assert_same(a, b, path="") -> None:
+    """Exact equality of nested state (tensors bitwise with their shape and dtype, bytes, ints and
+    floats by value; a NaN float matches only a NaN float, as it does bit for bit)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.shape == b.shape and a.dtype == b.dtype, path
+        assert torch.equal(a, b), path
+    elif isinstance(a, dict):
+        assert set(a) == set(b), (path, set(a) ^ set(b))
+        for k in a:
+            assert_same(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for k, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{path}[{k}]")
+    elif isinstance(a, float) and a != a:
+        assert isinstance(b, float) and b != b, path
+    else:
+        assert a == b, path
+
+
+def run_launcher(argv: list, timeout: float = 240, **kw):
+    """Run a process that may start others (``pcgraph run --nproc``): wait for it, and on a
+    timeout stop it with SIGTERM (the elastic agent then stops its workers) before SIGKILL.
+    Returns ``(returncode, stdout, stderr)``."""
+    import subprocess
+
+    launcher = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    try:
+        stdout, stderr = launcher.communicate(timeout=timeout)
+    finally:
+        if launcher.poll() is None:
+            launcher.terminate()
+            try:
+                launcher.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                launcher.kill()
+                launcher.communicate()
+    return launcher.returncode, stdout, stderr

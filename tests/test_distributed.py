@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 import test_rules  # noqa: E402  (registers its rules that own trainable parameters)
-from helpers import mlp_spec  # noqa: E402
+from helpers import mlp_spec, run_launcher  # noqa: E402
 
 from pcgraph import PCGraphError, Spec, cli  # noqa: E402
 from pcgraph.data import Splits  # noqa: E402
@@ -191,21 +191,11 @@ def test_cli_nproc_2_then_resume_in_one_process(tmp_path, capsys):
     spec.write_text(SPEC)
     two = tmp_path / "two"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launcher = subprocess.Popen([sys.executable, "-m", "pcgraph", "run", str(spec), "--nproc", "2", "--epochs", "1",
-                                 "--dtype", "float64", "--out", str(two), "--no-progress"],
-                                env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        stdout, stderr = launcher.communicate(timeout=240)
-    finally:
-        if launcher.poll() is None:     # SIGTERM: the elastic agent stops its workers, then exits
-            launcher.terminate()
-            try:
-                launcher.communicate(timeout=60)
-            except subprocess.TimeoutExpired:
-                launcher.kill()
-                launcher.communicate()
-    assert launcher.returncode == 0, stdout + stderr
-    run = subprocess.CompletedProcess(launcher.args, 0, stdout, stderr)
+    argv = [sys.executable, "-m", "pcgraph", "run", str(spec), "--nproc", "2", "--epochs", "1",
+            "--dtype", "float64", "--out", str(two), "--no-progress"]
+    rc, stdout, stderr = run_launcher(argv, env=env, cwd=ROOT)   # (a timeout: SIGTERM stops the agent's workers)
+    assert rc == 0, stdout + stderr
+    run = subprocess.CompletedProcess(argv, 0, stdout, stderr)
     # rank 0 alone prints and writes
     assert run.stdout.count("final test loss:") == 1, run.stdout
     assert "data parallel over 2 processes" in run.stdout

@@ -17,7 +17,7 @@ from pcgraph import Experiment, Trainer
 from pcgraph.compile import PCKernel
 from pcgraph.rules import RULES, make_rule
 from pcgraph.rules.zil import ZeroDivergenceIL
-from helpers import grads, mlp_spec, network, random_batch, rel_diff
+from helpers import assert_same, grads, mlp_spec, network, random_batch, rel_diff
 
 FA_NAME = "test-feedback-alignment-zil"
 FA_OWN_NAME = "test-feedback-alignment-zil-own-opt"
@@ -111,23 +111,6 @@ def snapshot(exp) -> dict:
     return {"net": copy.deepcopy(exp.net.state_dict()), "rule": copy.deepcopy(exp.rule.state_dict()),
             "opt": copy.deepcopy(exp.optimizer.state_dict()),
             "rule_opt": copy.deepcopy(exp.rule_optimizer.state_dict()) if exp.rule_optimizer else None}
-
-
-def assert_same(a, b, path="") -> None:
-    """Exact equality of nested state (tensors bitwise, bytes/ints/floats by value)."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.shape == b.shape and a.dtype == b.dtype, path
-        assert torch.equal(a, b), path
-    elif isinstance(a, dict):
-        assert set(a) == set(b), (path, set(a) ^ set(b))
-        for k in a:
-            assert_same(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for k, (x, y) in enumerate(zip(a, b)):
-            assert_same(x, y, f"{path}[{k}]")
-    else:
-        assert a == b, path
 
 
 def batches(exp, n):

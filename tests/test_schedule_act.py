@@ -5,7 +5,6 @@ warm-up, ``total_steps``, step vs epoch intervals, located errors, exact resume)
 from __future__ import annotations
 
 import copy
-import math
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ from pcgraph.ops import ACTIVATIONS, get_activation
 from pcgraph.rules import make_rule
 from pcgraph.train import Experiment, Trainer
 from pcgraph.train.schedule import make_scheduler
-from helpers import grads, mlp_spec, network, random_batch, rel_diff
+from helpers import assert_same, grads, mlp_spec, network, random_batch, rel_diff, run_launcher
 
 ROOT = Path(__file__).resolve().parents[1]
 NEW_ACTS = {"gelu": lambda x: F.gelu(x), "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
@@ -324,23 +323,6 @@ def _snapshot(exp):
             "sched": copy.deepcopy(exp.scheduler.state_dict()), "lr": exp.lr}
 
 
-def _assert_bitwise(a, b, path="state"):
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), path
-    elif isinstance(a, dict):
-        assert set(a) == set(b), path
-        for k in a:
-            _assert_bitwise(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_bitwise(x, y, f"{path}[{i}]")
-    elif isinstance(a, float) and math.isnan(a):
-        assert isinstance(b, float) and math.isnan(b), path
-    else:
-        assert a == b, path
-
-
 @pytest.mark.parametrize("scheduler", [
     {"name": "cosine", "T_max": "total_steps", "eta_min": 1e-5, "warmup": 3},
     {"name": "exponential", "gamma": 0.7, "interval": "epoch", "warmup": 1},
@@ -360,9 +342,9 @@ def test_resume_is_bit_identical(tmp_path, scheduler):
     trainer = Trainer(fresh, out=tmp_path / "split", **_quiet())
     trainer.resume()
     assert trainer.start_epoch == 1
-    _assert_bitwise(_snapshot(fresh), after_one)
+    assert_same(_snapshot(fresh), after_one)
     hist = trainer.fit()
-    _assert_bitwise(_snapshot(fresh), _snapshot(full))
+    assert_same(_snapshot(fresh), _snapshot(full))
     assert [r["lr"] for r in hist] == [r["lr"] for r in full_hist]
     assert [r["train_loss"] for r in hist] == [r["train_loss"] for r in full_hist]
     assert len({r["lr"] for r in full_hist}) == 2          # the schedule moved
@@ -388,7 +370,6 @@ def test_data_parallel_steps_the_scheduler(tmp_path, capsys):
     scheduler steps after it, as in one process (same learning rates, same schedule state)."""
     import json
     import os
-    import subprocess
     import sys
 
     from pcgraph import cli
@@ -398,24 +379,13 @@ def test_data_parallel_steps_the_scheduler(tmp_path, capsys):
     spec.write_text(Spec.from_dict(d).to_yaml())
     two, one = tmp_path / "two", tmp_path / "one"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launcher = subprocess.Popen([sys.executable, "-m", "pcgraph", "run", str(spec), "--nproc", "2",
-                                 "--dtype", "float64", "--out", str(two), "--no-progress"],
-                                env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        stdout, stderr = launcher.communicate(timeout=240)
-    finally:
-        if launcher.poll() is None:
-            launcher.terminate()
-            try:
-                launcher.communicate(timeout=60)
-            except subprocess.TimeoutExpired:
-                launcher.kill()
-                launcher.communicate()
-    assert launcher.returncode == 0, stdout + stderr
+    rc, stdout, stderr = run_launcher([sys.executable, "-m", "pcgraph", "run", str(spec), "--nproc", "2",
+                                       "--dtype", "float64", "--out", str(two), "--no-progress"], env=env, cwd=ROOT)
+    assert rc == 0, stdout + stderr
     assert cli.main(["run", str(spec), "--dtype", "float64", "--no-progress", "--out", str(one)]) == 0
     capsys.readouterr()
     a, b = (torch.load(p / "checkpoint.pt", weights_only=True) for p in (two, one))
-    _assert_bitwise(a["scheduler"], b["scheduler"])
+    assert_same(a["scheduler"], b["scheduler"])
     assert a["scheduler"]["scheduler"]["last_epoch"] == 6
     lrs = [[json.loads(line)["lr"] for line in (p / "metrics.jsonl").read_text().splitlines()] for p in (two, one)]
     assert lrs[0] == lrs[1] and len(set(lrs[0])) == 2

@@ -165,22 +165,29 @@ class EnergyEngine:
         self.priors = dict(priors or {})
         cg = self.cg
         self.has_mu = {v: bool(cg.in_edges(v)) for v in cg.order}
+        #: every node's parents (the sources of its in-edges), for the forward start
+        self.parents = {v: [p for i in cg.in_edges(v) for p in cg.edges[i].sources] for v in cg.order}
 
     # ---- which configuration is today's il ---------------------------------------------------
-    def plannable(self, clamps: Clamps) -> bool:
-        """Role clamping of an ordered graph, a forward start, plain sgd with the kernel's gamma,
-        no tolerance, updates at one step: the compiled plan runs it."""
+    def planned_config(self) -> bool:
+        """An ordered graph without priors, a forward start, plain sgd with the kernel's gamma, no
+        tolerance, updates at one step: IL's configuration, which the compiled plan runs
+        (for role clamping: :meth:`plannable`)."""
         cg, c = self.cg, self.config
-        roles = set(cg.graph.inputs) | set(cg.graph.outputs)
         return (cg.ordered and c.plain and c.lr == self.kernel.gamma and c.init == "forward"
-                and c.tol is None and c.update_at != "every" and not clamps.masks and not clamps.starts
-                and set(clamps.values) == roles and not self.priors)
+                and c.tol is None and c.update_at != "every" and not self.priors)
+
+    def plannable(self, clamps: Clamps) -> bool:
+        """:meth:`planned_config` with today's clamping: inputs and outputs, whole, nothing started."""
+        roles = set(self.cg.graph.inputs) | set(self.cg.graph.outputs)
+        return (self.planned_config() and not clamps.masks and not clamps.starts
+                and set(clamps.values) == roles)
 
     # ---- the starting state ------------------------------------------------------------------
     def free_nodes(self, clamps: Clamps) -> list[str]:
         """Nodes with at least one free unit, in the graph's order (derived nodes are data)."""
-        return [v for v in self.cg.order
-                if (v not in clamps.values or v in clamps.masks) and v not in self._derived(clamps)]
+        derived = self._derived(clamps)
+        return [v for v in self.cg.order if (v not in clamps.values or v in clamps.masks) and v not in derived]
 
     def _derived(self, clamps: Clamps) -> set[str]:
         cg = self.cg
@@ -222,17 +229,14 @@ class EnergyEngine:
                 return c.init_std * torch.randn(shape, generator=generator, dtype=dtype, device=device)
             return torch.zeros(shape, dtype=dtype, device=device)
 
-        def known(v: str) -> bool:
-            return v in x or v in targets
+        def ready_to_predict(v: str) -> bool:
+            """``v`` starts at its prediction: it has parents, all of them known, and the start
+            is the forward one (derived nodes, data, always are)."""
+            return (self.has_mu[v] and (c.init == "forward" or v in derived)
+                    and all(p in x or p in targets for p in self.parents[v]))
 
         while pending:
-            ready = None
-            if c.init == "forward" or any(v in derived for v in pending):
-                for v in pending:
-                    if self.has_mu[v] and all(known(p) for i in cg.in_edges(v) for p in cg.edges[i].sources) \
-                            and (c.init == "forward" or v in derived):
-                        ready = v
-                        break
+            ready = next((v for v in pending if ready_to_predict(v)), None)
             if ready is not None:
                 value = predicted[ready] = k.prediction(ready, lambda i: k.inputs(i, x))
             else:
@@ -352,8 +356,7 @@ class EnergyEngine:
         """The total energy ``F`` at the values ``x`` (0-dim)."""
         targets = self.targets_of(clamps)
         mu, eps = self.errors(x, targets)
-        parts = self.energies(x, mu, eps, targets, self.free_nodes(clamps))
-        return sum(parts.values(), torch.zeros((), dtype=next(iter(x.values())).dtype))
+        return _total(self.energies(x, mu, eps, targets, self.free_nodes(clamps)), x)
 
     # ---- parameter updates -------------------------------------------------------------------
     def updates(self, x: dict[str, Tensor], eps: dict[str, Tensor], t: int, acc: dict | None = None,
@@ -412,14 +415,16 @@ class EnergyEngine:
             k.memo = {}
             inputs = self.activated(x)           # f(x) once per node and step
             mu, eps = self.errors(x, targets, inputs, known if t == 0 else None)
+            parts = None             # each node's share of F at this step, when it is needed
+            if t == 0 or record or c.tol is not None:
+                parts = self.energies(x, mu, eps, targets, free)
             if t == 0:
                 start_mu = {o: mu[o] for o in targets}
-                first = self.energies(x, mu, eps, targets, free)
+                first = parts
             k.observe(t, eps, list(eps))
             stop = t == T
             if record or c.tol is not None:
-                parts = self.energies(x, mu, eps, targets, free)
-                total = sum(parts.values(), torch.zeros((), dtype=next(iter(x.values())).dtype))
+                total = _total(parts, x)
                 trace.append({"t": t, "energy": total, "nodes": parts})
                 if c.tol is not None:
                     value = float(total)
@@ -436,19 +441,14 @@ class EnergyEngine:
             if progress is not None:
                 progress(t)
             if stop:
-                if not trace or trace[-1]["t"] != t:
-                    final = self.energies(x, mu, eps, targets, free)
-                else:
-                    final = trace[-1]["nodes"]
+                final = parts if parts is not None else self.energies(x, mu, eps, targets, free)
                 break
             drive = self.drives(x, eps, free, inputs)
             if step_updates is not None:       # iPC: the weights step beside the values, both from F at t
                 on_update(step_updates, t)
             x = self._move(x, mu, eps, drive, clamps, free, targets, opt)
         k.memo = None
-        zero = torch.zeros((), dtype=next(iter(x.values())).dtype)
-        return Inference(x, eps, acc, trace, targets, sum(final.values(), zero), start_mu,
-                         sum(first.values(), zero))
+        return Inference(x, eps, acc, trace, targets, _total(final, x), start_mu, _total(first, x))
 
     def _torch_optimizer(self, x: dict[str, Tensor], free: list[str]) -> torch.optim.Optimizer:
         from ..train.optim import OPTIMIZERS
@@ -491,6 +491,11 @@ class EnergyEngine:
             else:                  # IL's step through the kernel (x + gamma (drive - eps))
                 new_x[v] = k.advance(v, x[v], mu.get(v), eps.get(v), drive[v])
         return new_x
+
+
+def _total(parts: dict[str, Tensor], x: dict[str, Tensor]) -> Tensor:
+    """``F``: the sum of the nodes' shares (0-dim, in the values' dtype; 0 when there are none)."""
+    return sum(parts.values(), torch.zeros((), dtype=next(iter(x.values())).dtype))
 
 
 @dataclass

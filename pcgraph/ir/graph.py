@@ -298,25 +298,21 @@ class PCGraph:
 
     def _reaching(self, targets: set[str]) -> set[str]:
         """Nodes with a directed path to one of ``targets`` (targets included); cycles allowed."""
-        preds: dict[str, set[str]] = {n: set() for n in self.nodes}
-        for e in self.edges:
-            for s in e.sources:
-                preds.setdefault(e.dst, set()).add(s)
-        seen, stack = set(targets), list(targets)
-        while stack:
-            for p in preds.get(stack.pop(), ()):
-                if p not in seen:
-                    seen.add(p)
-                    stack.append(p)
-        return seen
+        return self._flood(targets, both_ways=False)
 
     def _connected(self, seeds: set[str]) -> set[str]:
         """Nodes joined to ``seeds`` by edges in either direction."""
+        return self._flood(seeds, both_ways=True)
+
+    def _flood(self, seeds: set[str], both_ways: bool) -> set[str]:
+        """``seeds`` and every node reached from them against the edges (from a target to its
+        sources), and also along them when ``both_ways``."""
         nbr: dict[str, set[str]] = {n: set() for n in self.nodes}
         for e in self.edges:
             for s in e.sources:
-                nbr[s].add(e.dst)
-                nbr[e.dst].add(s)
+                nbr.setdefault(e.dst, set()).add(s)
+                if both_ways:
+                    nbr.setdefault(s, set()).add(e.dst)
         seen, stack = set(seeds), list(seeds)
         while stack:
             for p in nbr.get(stack.pop(), ()):

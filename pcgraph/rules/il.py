@@ -64,11 +64,14 @@ class InferenceLearning(GeneratorState, LearningRule):
         super().__init__(net, settings, seed, reduction)
         s = self.settings
         cg = net.compiled
-        if not cg.ordered:
-            self._init_order_free(s)
-            return
-        depth_max = max((cg.depth[cg.edges[i].dst] for i in range(len(cg.edges)) if cg.has_params(i)), default=0)
+        t_c = None
         if s.update_at == "depth":
+            if not cg.ordered:      # a graph with cycles, or clamped by a clamp: section
+                raise CompileError(f"update_at: depth needs depths, which a graph "
+                                   f"{'with a cycle' if cg.cycle else 'clamped by clamp:'} does not have; "
+                                   "give an integer step", "train.algorithm.update_at")
+            depth_max = max((cg.depth[cg.edges[i].dst] for i in range(len(cg.edges)) if cg.has_params(i)),
+                            default=0)
             T = depth_max if s.T is None else s.T
             if T < depth_max:
                 raise SpecError(f"T = {T} is too short for update_at: depth (the deepest update is at "
@@ -82,35 +85,17 @@ class InferenceLearning(GeneratorState, LearningRule):
                                 "train.algorithm.update_at")
             times = [t_c] * len(cg.edges)
         self.T = T
-        self.update_times = [t if cg.has_params(i) else None for i, t in enumerate(times)]
         self.kernel = self.Kernel(net, self.objective, s.gamma)
-        self.plan = build_plan(cg, self.update_times, c1=(s.init_noise == 0))
         self.generator = torch.Generator(device=net.device).manual_seed(seed + 7919)
-        self.engine = EnergyEngine(self.kernel, self._engine_config(t_c if s.update_at != "depth" else None),
-                                   net.compiled.priors())
-
-    def _engine_config(self, t_c) -> EngineConfig:
-        s = self.settings
-        return EngineConfig(T=self.T, optimizer={"name": "sgd", "lr": s.gamma}, init="forward",
-                            init_std=s.init_noise, update_at=t_c)
-
-    def _init_order_free(self, s) -> None:
-        """A graph with cycles, or clamped by a ``clamp:`` section: the energy engine's general
-        loop (same step, start and update time; no plan, whose analysis needs an order)."""
-        if s.update_at == "depth":
-            raise CompileError(f"update_at: depth needs depths, which a graph "
-                               f"{'with a cycle' if self.net.compiled.cycle else 'clamped by clamp:'} does not have; "
-                               "give an integer step", "train.algorithm.update_at")
-        self.T = s.T if s.T is not None else 20
-        t_c = self.T if s.update_at is None else s.update_at
-        if t_c > self.T:
-            raise SpecError(f"update_at = {t_c} is after the last inference step T = {self.T}",
-                            "train.algorithm.update_at")
-        self.update_times = None
-        self.plan = None
-        self.kernel = self.Kernel(self.net, self.objective, s.gamma)
-        self.generator = torch.Generator(device=self.net.device).manual_seed(self.seed + 7919)
-        self.engine = EnergyEngine(self.kernel, self._engine_config(t_c), self.net.compiled.priors())
+        self.engine = EnergyEngine(self.kernel, EngineConfig(T=T, optimizer={"name": "sgd", "lr": s.gamma},
+                                                             init="forward", init_std=s.init_noise, update_at=t_c),
+                                   cg.priors())
+        if cg.ordered:
+            self.update_times = [t if cg.has_params(i) else None for i, t in enumerate(times)]
+            self.plan = build_plan(cg, self.update_times, c1=(s.init_noise == 0))
+        else:               # order-free: the engine's general loop (same step, start and update time)
+            self.update_times = None
+            self.plan = None
 
     def compute_grads(self, inputs, targets):
         s, k = self.settings, self.kernel

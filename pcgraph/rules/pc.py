@@ -97,8 +97,7 @@ class EnergyPC(GeneratorState, LearningRule):
         self.engine = EnergyEngine(self.kernel, config, cg.priors())
         self.generator = torch.Generator(device=net.device).manual_seed(seed + 7919)
         self.plan = None
-        if cg.ordered and config.plain and s.init == "forward" and s.tol is None and s.update_at != "every" \
-                and not cg.priors():
+        if self.engine.planned_config():
             t_c = s.T if s.update_at == "end" else s.update_at
             self.update_times = [t_c if cg.has_params(i) else None for i in range(len(cg.edges))]
             # plain sgd from the forward start is IL: its compiled plan (known zeros, liveness)

@@ -348,11 +348,7 @@ class Spec:
         known = list(self.queries) + (["predict"] if default is not None and "predict" not in self.queries else [])
         raise SpecError(f"unknown query {name!r} (this spec's queries: {', '.join(known) or 'none'})", "--query")
 
-    def _check_clamp_and_queries(self) -> None:
-        names = list(self.model.nodes)
-        for n in self.clamp or {}:
-            if n not in self.model.nodes:
-                raise SpecError(f"{n!r} is not a node (known: {', '.join(names)})", f"clamp.{n}")
+    def _check_queries(self) -> None:
         for name, q in self.queries.items():
             q.check(self.model, f"queries.{name}")
         if self.evaluate is not None:
@@ -370,7 +366,7 @@ class Spec:
                 if n not in self.model.nodes:
                     raise SpecError(f"{n!r} is not a node (known: {', '.join(self.model.nodes)})", f"clamp.{n}")
             self.model.lint(self.clamped_nodes())
-            self._check_clamp_and_queries()
+            self._check_queries()
             if isinstance(self.loss, dict):
                 outs = self.model.outputs
                 for out in self.loss:

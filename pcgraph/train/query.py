@@ -144,10 +144,11 @@ def answer(exp, query: Query | str, split: str | None = None, n: int | None = No
                 shown[v].append(torch.where(m.unsqueeze(0) if m.dim() < clamps.values[v].dim() else m,
                                             clamps.values[v], torch.full_like(clamps.values[v], float("nan"))))
 
-        def step(t, _done=[done]):
+        def step(t):
+            nonlocal done
+            done += 1
             if progress is not None:
-                _done[0] += 1
-                progress(min(_done[0], steps_total), steps_total)
+                progress(done, steps_total)
         res = engine.run(clamps, gen, record=True, progress=step)
         for _ in range(query.iterate - 1):      # the retrieval map: clamp to the prediction, infer again
             mu, _ = engine.errors(res.values, res.targets)
@@ -156,7 +157,6 @@ def answer(exp, query: Query | str, split: str | None = None, n: int | None = No
                     clamps.values[v] = torch.where(clamps.masks[v], res.values[v], mu[v]) if v in clamps.masks \
                         else mu[v]
             res = engine.run(clamps, gen, record=True, progress=step)
-        done += (config.T + 1) * query.iterate
         whole = [v for v in query.read if v in query.clamp and v not in clamps.masks]
         mu_end = engine.errors(res.values, res.targets)[0] if whole else {}
         for v in query.read:
@@ -218,6 +218,7 @@ def _metrics(r: QueryResult, batches, fields: dict, query: Query) -> dict[str, f
     if want == "none":
         return out
     clamped_label = any(e.field == "label" for e in query.clamp.values())
+    mean_img = None           # the mean training image, flattened (computed once, when needed)
     for v, value in r.values.items():
         truth = r.truth.get(v)
         if truth is None:
@@ -231,14 +232,11 @@ def _metrics(r: QueryResult, batches, fields: dict, query: Query) -> dict[str, f
         tflat = truth.reshape(truth.shape[0], -1)
         m = r.masks.get(v)
         free = ~m.reshape(-1) if m is not None and m.dim() <= len(value.shape) - 1 else None
-        if free is not None and bool(free.any()):
-            d = (flat - tflat)[:, free]
-        else:
-            d = flat - tflat
-        mean_img = batches.train_x.reshape(batches.train_x.shape[0], -1).mean(0)
-        mdiff = (mean_img.unsqueeze(0) - tflat)
-        if free is not None and bool(free.any()):
-            mdiff = mdiff[:, free]
+        units = free if free is not None and bool(free.any()) else slice(None)   # the inferred units
+        if mean_img is None:
+            mean_img = batches.train_x.reshape(batches.train_x.shape[0], -1).mean(0)
+        d = (flat - tflat)[:, units]
+        mdiff = (mean_img.unsqueeze(0) - tflat)[:, units]
         if want in (None, "mse"):
             out[f"mse/{v}"] = float(d.pow(2).mean())
             out[f"mse_mean_image/{v}"] = float(mdiff.pow(2).mean())

@@ -350,9 +350,7 @@ class Trainer:
         if self.start_epoch != 0 or ckpt is None or not ckpt.exists():
             return
         if not self.restart:
-            raise CheckpointError(f"{self.out} holds an earlier run's checkpoint: continue it with --resume, or "
-                                  "start over with --restart (the earlier run is then kept whole in "
-                                  f"{self.out}/previous-K)", "--out")
+            refuse_earlier_run(self.out)
         k = 1
         while (self.out / f"previous-{k}").exists():
             k += 1
@@ -429,6 +427,14 @@ def _steps_per_epoch(spec: Spec, batches: GraphBatches) -> int:
     """Updates per epoch: the batches', capped by ``train.max_steps_per_epoch``."""
     limit = spec.train.max_steps_per_epoch
     return batches.steps_per_epoch() if limit is None else min(limit, batches.steps_per_epoch())
+
+
+def refuse_earlier_run(out: Path) -> None:
+    """Raise the located error of a fresh run into ``out`` when it holds an earlier run's
+    checkpoint (the CLI asks before it starts any process; :class:`Trainer` before it writes)."""
+    if (Path(out) / "checkpoint.pt").exists():
+        raise CheckpointError(f"{out} holds an earlier run's checkpoint: continue it with --resume, or start over "
+                              f"with --restart (the earlier run is then kept whole in {out}/previous-K)", "--out")
 
 
 def _resume_differences(saved: Spec, now: Spec) -> list[str]:

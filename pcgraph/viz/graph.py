@@ -86,6 +86,25 @@ class Layout:
         return self.max_depth + 1
 
 
+def _vedges(g, ops, nodes, depth) -> list:
+    """The drawing's edges: op, activations, parameter count, whether the group is shared, and
+    the update step ``t = depth(dst)`` of an edge with parameters (``depth`` None: order-free,
+    no steps)."""
+    users: dict[str, int] = {}
+    for i, e in enumerate(g.edges):
+        if ops[i].param_shapes():
+            users[e.key] = users.get(e.key, 0) + 1
+    edges = []
+    for i, e in enumerate(g.edges):
+        shapes = ops[i].param_shapes()
+        n_params = sum(math.prod(s) for s in shapes.values())
+        edges.append(VEdge(i, tuple(e.sources), e.dst, e.op, tuple(e.activations), n_params,
+                           e.key if shapes else None, users.get(e.key, 0) > 1,
+                           depth[e.dst] if shapes and depth is not None else None,
+                           e.kind == "relay" or nodes[e.dst].relay))
+    return edges
+
+
 def _count(n: int) -> str:
     if n >= 1_000_000:
         return f"{n / 1e6:.1f}M"
@@ -118,17 +137,7 @@ def graph_layout(cg, raw: bool = False) -> Layout:
     for n, v in g.nodes.items():
         role = "derived" if n in derived else v.role
         nodes[n] = VNode(n, tuple(v.shape) if v.shape else None, role, v.kind == "relay", depth[n])
-    users: dict[str, int] = {}
-    for i, e in enumerate(g.edges):
-        if ops[i].param_shapes():
-            users[e.key] = users.get(e.key, 0) + 1
-    edges = []
-    for i, e in enumerate(g.edges):
-        shapes = ops[i].param_shapes()
-        n_params = sum(math.prod(s) for s in shapes.values())
-        edges.append(VEdge(i, tuple(e.sources), e.dst, e.op, tuple(e.activations), n_params,
-                           e.key if shapes else None, users.get(e.key, 0) > 1,
-                           depth[e.dst] if shapes else None, e.kind == "relay" or nodes[e.dst].relay))
+    edges = _vedges(g, ops, nodes, depth)
     max_depth = max(depth.values()) if depth else 0
     lay = Layout(nodes, edges, max_depth)
     columns: dict[int, list[str]] = {}
@@ -448,17 +457,7 @@ def free_layout(cg, raw: bool = False) -> Layout:
         role = "derived" if n in derived and n not in clamp else v.role
         nodes[n] = VNode(n, tuple(v.shape) if v.shape else None, role, v.kind == "relay", None,
                          clamped=n in clamp, root=not g.in_edges(n))
-    users: dict[str, int] = {}
-    for i, e in enumerate(g.edges):
-        if ops[i].param_shapes():
-            users[e.key] = users.get(e.key, 0) + 1
-    edges = []
-    for i, e in enumerate(g.edges):
-        shapes = ops[i].param_shapes()
-        n_params = sum(math.prod(s) for s in shapes.values())
-        edges.append(VEdge(i, tuple(e.sources), e.dst, e.op, tuple(e.activations), n_params,
-                           e.key if shapes else None, users.get(e.key, 0) > 1, None,
-                           e.kind == "relay" or nodes[e.dst].relay))
+    edges = _vedges(g, ops, nodes, None)
     succ: dict[str, list[str]] = {n: [] for n in nodes}
     preds: dict[str, list[str]] = {n: [] for n in nodes}
     for e in edges:
