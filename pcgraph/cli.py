@@ -109,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Validate a spec and print its graph, the compiled graph (depths, "
                                       "relays, update steps) and the rule's inference plan.")
     _spec_args(show)
+    show.add_argument("--program", action="store_true",
+                      help="print the rule's training step as the traced tensor program (every op in order, "
+                           "a comment where the wave moves on) instead of the graph and plan")
+    show.add_argument("--batch", type=int, metavar="N", help="--program: the batch size traced (default the spec's)")
 
     bench = sub.add_parser(
         "bench", allow_abbrev=False, help="milliseconds per update of rules beside a plain torch model, side by side",
@@ -307,11 +311,39 @@ def cmd_show(args) -> int:
     from .train import Experiment
 
     spec = load_spec(args)
+    if args.program:
+        return _show_program(spec, args)
     exp = Experiment.build(spec, args.device, "float32", with_data=False)
     print(f"spec {spec.name} ({spec.source})")
     print(spec.model)
     print(exp.compiled.describe())
     print(exp.rule.describe())
+    return 0
+
+
+def _show_program(spec, args) -> int:
+    from .compile.program import example_batch, format_program
+    from .errors import SpecError
+    from .ops.graph_conv import graph_ops
+    from .train import Experiment
+
+    if args.batch is not None and args.batch < 1:
+        raise SpecError(f"expected a positive batch size, got {args.batch}", "--batch")
+    exp = Experiment.build(spec, args.device, "float32", with_data=False)
+    rule = exp.rule
+    if graph_ops(exp.compiled):     # graph ops read the dataset's graph: the real batch
+        from .bench import real_batches
+
+        exp = Experiment.build(spec, args.device, "float32")
+        rule = exp.rule
+        inputs, targets = real_batches(exp, 1)[0]
+    else:
+        inputs, targets = example_batch(exp.net, rule.objective, args.batch or spec.data.batch_size, spec.seed)
+    prog = rule.program(inputs, targets, "fx")
+    if prog is None:
+        raise SpecError(f"rule {rule.name!r} has no program here: {rule.program_refusal_reason}", "--program")
+    print(format_program(prog, f"spec {spec.name}: one training step of rule {rule.name} as a program "
+                               f"(pcgraph.compile.program; train.program: fx runs it)"))
     return 0
 
 

@@ -77,12 +77,29 @@ class Dropout(Op):
         """``m / (1 - p)`` of the current step for inputs like ``u`` (None: identity)."""
         if self.step_seed is None or self.opts.p == 0:
             return None
-        key = (self.step_seed, tuple(u.shape), u.dtype, u.device)
+        return self.mask_for(tuple(u.shape), u.dtype, u.device)
+
+    def mask_for(self, shape: tuple, dtype, device) -> torch.Tensor:
+        """The current step's ``m / (1 - p)`` of that shape (cached for the step)."""
+        key = (self.step_seed, tuple(shape), dtype, device)
         if self._cache is None or self._cache[0] != key:
-            gen = torch.Generator(device=u.device).manual_seed(self.step_seed)
-            keep = torch.rand(u.shape, generator=gen, device=u.device) >= self.opts.p
-            self._cache = (key, keep.to(u.dtype) / (1.0 - self.opts.p))
+            gen = torch.Generator(device=device).manual_seed(self.step_seed)
+            keep = torch.rand(shape, generator=gen, device=device) >= self.opts.p
+            self._cache = (key, keep.to(dtype) / (1.0 - self.opts.p))
         return self._cache[1]
+
+    def program_mask(self, shape: tuple, dtype, device) -> torch.Tensor:
+        """The mask a traced program (:mod:`pcgraph.compile.program`) takes as an argument:
+        the step's, or ones when no step is bound (``u * 1`` is ``u``)."""
+        if self.step_seed is None or self.opts.p == 0:
+            return torch.ones(shape, dtype=dtype, device=device)
+        return self.mask_for(shape, dtype, device)
+
+    def use_program_mask(self, shape: tuple, mask: torch.Tensor) -> None:
+        """While a program is traced: ``mask`` (its argument) is this step's mask."""
+        seed = 0 if self.step_seed is None else self.step_seed
+        self.step_seed = seed
+        self._cache = ((seed, tuple(shape), mask.dtype, mask.device), mask)
 
     def forward(self, params, u):
         m = self.mask(u)

@@ -96,6 +96,43 @@ class LearningRule(nn.Module):
     def trainable(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
+    # ---- the step as a program (pcgraph.compile.program) ----------------------------------
+    #: how the step runs: "eager" (the executor), or a program: "fx", "inductor", "cudagraph"
+    #: (``train.program``; see :mod:`pcgraph.compile.program`)
+    program_mode: str = "eager"
+
+    def functional_step(self, inputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]):
+        """The step as a pure function of the parameters and the batch: ``(outputs, updates)``,
+        the output nodes' feed-forward predictions and ``key -> name -> update`` already scaled
+        by :meth:`grad_scale` (no ``p.grad`` written, no host sync). A rule that has one can
+        be traced into a :class:`~pcgraph.compile.program.StepProgram`."""
+        raise NotImplementedError
+
+    def program_refusal(self) -> str | None:
+        """Why this rule's step cannot be a program with its settings (None: it can)."""
+        if type(self).functional_step is LearningRule.functional_step:
+            return f"rule {self.name!r} has no functional step"
+        return None
+
+    def program(self, inputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], mode: str | None = None):
+        """The traced program of this step for batches like these (cached per batch
+        signature), or None when the step cannot be one (``program_refusal_reason`` says why)."""
+        from ..compile.program import step_program
+        return step_program(self, inputs, targets, mode or (self.program_mode if self.program_mode != "eager" else "fx"))
+
+    def programmed_step(self, inputs, targets) -> StepInfo | None:
+        """:meth:`compute_grads` through the step's program when ``program_mode`` asks for one
+        and the step can be one; None: run eagerly."""
+        if self.program_mode == "eager":
+            return None
+        prog = self.program(inputs, targets)
+        if prog is None:
+            return None
+        outputs, updates = prog(inputs, targets)
+        batch = next(iter(inputs.values())).shape[0]
+        self.write_grads(updates, batch, scaled=True)
+        return StepInfo(float(self.objective.value(outputs, targets)), outputs)
+
     # ---- the one place where the batch is reduced -----------------------------------------
     def grad_scale(self, batch: int) -> float:
         """``-r``: the factor between summed local updates and the gradient written."""

@@ -102,13 +102,26 @@ class InferenceLearning(GeneratorState, LearningRule):
         if self.plan is None:           # order-free: the engine's general loop
             return engine_step(self, Clamps.by_role(inputs, targets))
         if not s.reference:
-            return planned_step(self, inputs, targets, s.init_noise)
+            return self.programmed_step(inputs, targets) or planned_step(self, inputs, targets, s.init_noise)
         state = feedforward(k, inputs)         # the reference interpreter: every quantity, every step
         outputs = {o: state.mu[o] for o in self.net.compiled.graph.outputs}
         loss = self.objective.value(outputs, targets)
         _, _, updates = run_reference(k, self.update_times, inputs, targets, self.T, s.init_noise, self.generator)
         self.write_grads(updates, next(iter(inputs.values())).shape[0])
         return StepInfo(float(loss), outputs)
+
+    def functional_step(self, inputs, targets):
+        return planned_updates(self, inputs, targets, self.settings.init_noise)
+
+    def program_refusal(self) -> str | None:
+        s = self.settings
+        if self.plan is None:
+            return "an order-free graph runs the energy engine's general loop"
+        if s.reference:
+            return "reference: true runs the reference interpreter"
+        if s.init_noise:
+            return "init_noise draws noise every step (its randomness would be baked into the program)"
+        return super().program_refusal()
 
     def describe(self) -> str:
         s = self.settings
@@ -119,20 +132,30 @@ class InferenceLearning(GeneratorState, LearningRule):
         return head + "\n" + self.plan.describe(self.net.compiled)
 
 
-def planned_step(rule, inputs, targets, noise: float) -> StepInfo:
-    """One batch by IL's compiled plan (``rule.kernel``, ``rule.plan``) from the feed-forward
-    start, perturbed by ``noise``: the engine's configuration *plain sgd, forward start, one
-    update step*, as ``il`` always ran it. The loss is the feed-forward prediction's."""
+def planned_updates(rule, inputs, targets, noise: float, loss: list | None = None):
+    """IL's compiled plan (``rule.kernel``, ``rule.plan``) on one batch from the feed-forward
+    start, perturbed by ``noise``: ``(outputs, updates)``, the feed-forward predictions of the
+    outputs and the updates scaled by the rule's batch scale. ``loss``: a list to which the
+    feed-forward loss is appended, taken before inference (the order the eager step has
+    always used)."""
     k = rule.kernel
     state = feedforward(k, inputs)
     outputs = {o: state.mu[o] for o in rule.net.compiled.graph.outputs}
-    loss = rule.objective.value(outputs, targets)
+    if loss is not None:
+        loss.append(rule.objective.value(outputs, targets))
     if noise:
         state.perturb(noise, rule.generator)
     batch = next(iter(inputs.values())).shape[0]
-    updates = run_plan(k, rule.plan, state, targets, scale=rule.grad_scale(batch)).updates
-    rule.write_grads(updates, batch, scaled=True)
-    return StepInfo(float(loss), outputs)
+    return outputs, run_plan(k, rule.plan, state, targets, scale=rule.grad_scale(batch)).updates
+
+
+def planned_step(rule, inputs, targets, noise: float) -> StepInfo:
+    """One batch by IL's compiled plan: the engine's configuration *plain sgd, forward start,
+    one update step*, as ``il`` always ran it. The loss is the feed-forward prediction's."""
+    loss: list = []
+    outputs, updates = planned_updates(rule, inputs, targets, noise, loss)
+    rule.write_grads(updates, next(iter(inputs.values())).shape[0], scaled=True)
+    return StepInfo(float(loss[0]), outputs)
 
 
 def engine_step(rule, clamps: Clamps, on_update=None) -> StepInfo:

@@ -131,8 +131,12 @@ class TrainSpec:
     presets: dict = field(default_factory=dict)
     #: learning-rate schedule for ``optimizer`` (None: constant); see :mod:`pcgraph.train.schedule`
     scheduler: dict | None = None
+    #: how a rule's step runs: eager (the executor) or as a traced program (fx, inductor,
+    #: cudagraph); see :mod:`pcgraph.compile.program`
+    program: str = "eager"
 
-    KEYS = ("algorithm", "epochs", "optimizer", "scheduler", "reduction", "max_steps_per_epoch", "presets")
+    KEYS = ("algorithm", "epochs", "optimizer", "scheduler", "reduction", "max_steps_per_epoch", "presets",
+            "program")
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "TrainSpec":
@@ -163,8 +167,13 @@ class TrainSpec:
         reduction = d.get("reduction", "mean")
         if reduction not in ("mean", "sum"):
             raise SpecError(f"unknown reduction {reduction!r} (known: mean, sum)", "train.reduction")
+        program = d.get("program", "eager")
+        from ..compile.program import MODES
+        if program not in MODES:
+            from ..registry import unknown_name
+            raise SpecError(unknown_name("program mode", program, MODES), "train.program")
         return cls(alg, epochs, dict(opt), msteps, reduction, copy.deepcopy(dict(presets)),
-                   copy.deepcopy(scheduler))
+                   copy.deepcopy(scheduler), program)
 
     def to_dict(self) -> dict:
         d = {"algorithm": self.algorithm.to_value(), "epochs": self.epochs, "optimizer": dict(self.optimizer)}
@@ -176,6 +185,8 @@ class TrainSpec:
             d["max_steps_per_epoch"] = self.max_steps_per_epoch
         if self.presets:
             d["presets"] = copy.deepcopy(self.presets)
+        if self.program != "eager":
+            d["program"] = self.program
         return d
 
 

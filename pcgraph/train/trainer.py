@@ -91,6 +91,7 @@ class Experiment:
                 net = PCNetwork(compiled, seed=spec.seed, device=device, dtype=dtype)
             alg = spec.train.algorithm
             rule = make_rule(alg.name, net, alg.settings, seed=spec.seed, reduction=spec.train.reduction)
+            rule.program_mode = spec.train.program
             rule.to(device=device)
             own, rule_optimizer = rule.trainable(), None
             groups = [{"params": list(net.parameters())}]
