@@ -97,12 +97,14 @@ SKIP_MESSAGE = "PCX is not importable"
 #: pcgraph method -> its PCX counterpart
 #: the weights' learning rate of the same-update check
 CHECK_LR = 1.0
-PAIRS = {"pcgraph il": "PCX sgd", "pcgraph pc": "PCX sgd", "pcgraph pc+m": "PCX sgd+m"}
+PAIRS = {"pcgraph il": "PCX sgd", "pcgraph pc": "PCX sgd", "pcgraph pc+m": "PCX sgd+m",
+         "pcgraph il program": "PCX sgd", "pcgraph pc+m program": "PCX sgd+m", "pcgraph il inductor": "PCX sgd"}
 
 
 # ---- the spec and the pcgraph side -------------------------------------------------------------
 
-def make_spec(batch: int, lr: float, algorithm: dict, dataset: str = "mnist", n_batches: int = 8) -> Spec:
+def make_spec(batch: int, lr: float, algorithm: dict, dataset: str = "mnist", n_batches: int = 8,
+              program: str = "eager") -> Spec:
     """pcgraph's 784-256-256-256-10 tanh MLP (``graphs/mnist_mlp_wide.yaml``'s graph) with MSE and SGD."""
     nodes = [{"name": n, "shape": [s], **({"role": "input"} if n == "x" else {}),
               **({"role": "output"} if n == "y" else {})} for n, s in zip(NODES, SIZES)]
@@ -114,14 +116,22 @@ def make_spec(batch: int, lr: float, algorithm: dict, dataset: str = "mnist", n_
                  "shuffle": False},
         "model": {"nodes": nodes, "edges": edges},
         "loss": "mse",
-        "train": {"algorithm": algorithm, "optimizer": {"name": "sgd", "lr": lr}},
+        "train": {"algorithm": algorithm, "optimizer": {"name": "sgd", "lr": lr}, "program": program},
     })
 
 
-def pcgraph_algorithms(T: int, x_lr: float, momentum: float) -> dict[str, dict]:
-    return {"pcgraph il": {"name": "il", "T": T, "gamma": x_lr},
-            "pcgraph pc": {"name": "pc", "T": T, "optimizer": {"name": "sgd", "lr": x_lr}},
-            "pcgraph pc+m": {"name": "pc", "T": T, "optimizer": {"name": "sgd", "lr": x_lr, "momentum": momentum}}}
+def pcgraph_algorithms(T: int, x_lr: float, momentum: float, inductor: bool = False) -> dict[str, tuple[dict, str]]:
+    """method -> (train.algorithm, train.program)."""
+    il = {"name": "il", "T": T, "gamma": x_lr}
+    pcm = {"name": "pc", "T": T, "optimizer": {"name": "sgd", "lr": x_lr, "momentum": momentum}}
+    out = {"pcgraph il": (il, "eager"),
+           "pcgraph pc": ({"name": "pc", "T": T, "optimizer": {"name": "sgd", "lr": x_lr}}, "eager"),
+           "pcgraph pc+m": (pcm, "eager"),
+           "pcgraph il program": (il, "fx"),
+           "pcgraph pc+m program": (pcm, "fx")}
+    if inductor:
+        out["pcgraph il inductor"] = (il, "inductor")
+    return out
 
 
 def load_batches(args, log) -> tuple[list, str]:
@@ -148,8 +158,25 @@ def load_batches(args, log) -> tuple[list, str]:
 
 
 def build_pcgraph(T: int, name: str, args, lr: float | None = None) -> Experiment:
-    algs = pcgraph_algorithms(T, args.x_lr, args.momentum)
-    return Experiment.build(make_spec(args.batch, args.lr if lr is None else lr, algs[name]), with_data=False)
+    alg, program = pcgraph_algorithms(T, args.x_lr, args.momentum, True)[name]
+    return Experiment.build(make_spec(args.batch, args.lr if lr is None else lr, alg, program=program),
+                            with_data=False)
+
+
+def matmul_floor(batch: int, gen: torch.Generator):
+    """One inference step's matrix products alone, as any implementation of this MLP's IL step
+    must do them: the predictions of h2, h3 and y (``addmm``) and the messages to h3, h2 and h1
+    (``mm``; h1's prediction reads only the clamped input, computed once per update)."""
+    w = [torch.randn(b, a, generator=gen) * 0.05 for a, b in zip(SIZES[:-1], SIZES[1:])]
+    bias = [torch.zeros(b) for b in SIZES[1:]]
+    h = [torch.randn(batch, n, generator=gen) for n in SIZES[1:]]
+
+    def step():
+        for layer in (1, 2, 3):             # predictions: h1 -> h2, h2 -> h3, h3 -> y
+            torch.addmm(bias[layer], h[layer - 1], w[layer].t())
+        for layer in (3, 2, 1):             # messages: y -> h3, h3 -> h2, h2 -> h1
+            h[layer].mm(w[layer])
+    return step
 
 
 def pcgraph_weights(exp: Experiment) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -349,6 +376,9 @@ def main(argv=None) -> int:
                         f"(default {DEFAULT_PCX_SITE} when it exists)")
     p.add_argument("--out", default=str(HERE / "results"), help="folder for pcx_speed.md / pcx_speed.json")
     p.add_argument("--seed", type=int, default=0, help="the rounds' shuffling")
+    p.add_argument("--inductor", action="store_true",
+                   help="also time il's program through torch.compile (train.program: inductor; compiles for "
+                        "about a minute per T)")
     args = p.parse_args(argv)
     Ts = [int(t) for t in args.T.split(",") if t.strip()]
     if not Ts or min(Ts) < 1 or args.rounds < 1 or args.batch < 1 or args.n_batches < 1:
@@ -367,7 +397,7 @@ def main(argv=None) -> int:
     batches, data_note = load_batches(args, log)
     log(f"data: {data_note}")
 
-    methods_pcg = list(pcgraph_algorithms(1, args.x_lr, args.momentum))
+    methods_pcg = list(pcgraph_algorithms(1, args.x_lr, args.momentum, args.inductor))
     methods_pcx = ["PCX sgd", "PCX sgd+m"] if ns is not None else []
     checks: dict = {}
 
@@ -447,6 +477,8 @@ def main(argv=None) -> int:
                 counters[key] = i + 1
                 m.step(T, *jx[i % len(jx)])
             cells[(T, name)] = g
+    floor = matmul_floor(args.batch, torch.Generator().manual_seed(1))
+    cells[(0, "floor")] = floor
     for key, f in cells.items():
         counters[key] = 0
         t0 = time.perf_counter()
@@ -467,7 +499,13 @@ def main(argv=None) -> int:
         steps[T] = max(2, min(1000, round(args.target_ms / max(statistics.mean(per), 1e-3))))
     # blocks: a pcgraph method and its PCX counterpart, their updates alternating (a b, b a, a b, ...)
     blocks = [(T, a, PAIRS[a] if ns is not None else None) for T in Ts for a in methods_pcg]
-    n_updates = sum(steps[T] * (1 + (b is not None)) for T, a, b in blocks)
+    t0 = time.perf_counter()
+    floor()
+    steps[0] = max(2, min(1000, round(args.target_ms / max((time.perf_counter() - t0) * 1e3, 1e-3))))
+    if args.steps:
+        steps[0] = args.steps
+    blocks.append((0, "floor", None))
+    n_updates = sum(steps[T] * (1 + (b is not None)) for T, a, b in blocks if T)
     log(f"timing: {args.rounds} rounds x {len(blocks)} blocks (updates per method and block: " +
         ", ".join(f"T={T}: {steps[T]}" for T in Ts) + f"; {n_updates} updates per round)")
 
@@ -514,6 +552,8 @@ def main(argv=None) -> int:
                                     "cpu_ms": statistics.median(cs), "cpu_ms_iqr": quartiles(cs)}
         if ns is not None:
             for a, b in PAIRS.items():
+                if a not in methods_pcg:
+                    continue
                 blk = (T, a, b)
                 ratios = [x / y for x, y in zip(wall[(blk, a)], wall[(blk, b)])]
                 cratios = [x / y for x, y in zip(cpu[(blk, a)], cpu[(blk, b)])]
@@ -521,6 +561,10 @@ def main(argv=None) -> int:
                                               "ratios": ratios, "cpu_ratio": statistics.median(cratios),
                                               "cpu_iqr": quartiles(cratios)}
         results[str(T)] = row
+    fl, cfl = per_round(wall, 0, "floor"), per_round(cpu, 0, "floor")
+    floor_row = {"ms": statistics.median(fl), "ms_iqr": quartiles(fl), "cpu_ms": statistics.median(cfl),
+                 "what": "one inference step's six matrix products alone (torch.addmm / torch.mm, the "
+                         "shapes of this MLP's IL step)"}
     fits = {}
     for name in methods_pcg + methods_pcx:
         fit = fit_line(Ts, [results[str(T)]["methods"][name]["ms"] for T in Ts])
@@ -530,6 +574,8 @@ def main(argv=None) -> int:
     fit_ratios = {}
     if ns is not None and fits:
         for a, b in PAIRS.items():
+            if a not in fits:
+                continue
             fa, fb = fits[a], fits[b]
             fit_ratios[f"{a} / {b}"] = {
                 "per_step": fa["per_step_ms"] / fb["per_step_ms"] if fb["per_step_ms"] > 0 else None,
@@ -553,7 +599,7 @@ def main(argv=None) -> int:
         "pcx": {"available": ns is not None, "info": pcx_info,
                 **({} if ns is not None else {"message": f"{SKIP_MESSAGE}: PCX skipped, pcgraph timed only"})},
         "checks": checks, "compile_and_first_update_s": compile_s,
-        "results": results, "fits": fits, "fit_ratios": fit_ratios, "machine": machine,
+        "results": results, "fits": fits, "fit_ratios": fit_ratios, "matmul_floor": floor_row, "machine": machine,
         "wall_s": time.perf_counter() - t_start,
     }
     out = Path(args.out)
@@ -592,9 +638,12 @@ def format_md(rep: dict, Ts, methods_pcg, methods_pcx) -> str:
     lines.append("")
     if not rep["pcx"]["available"]:
         lines += [f"**{rep['pcx']['message']}** ({rep['pcx']['info']}).", ""]
-    pairs = {"pcgraph il": "PCX sgd", "pcgraph pc": "PCX sgd", "pcgraph pc+m": "PCX sgd+m"}
+    pairs = PAIRS
     labels = {"pcgraph il": "il (gamma 0.1)", "pcgraph pc": "pc, sgd 0.1 (IL's plan)",
-              "pcgraph pc+m": f"pc, sgd 0.1 momentum {c['momentum_variant']} (energy engine)"}
+              "pcgraph pc+m": f"pc, sgd 0.1 momentum {c['momentum_variant']} (energy engine)",
+              "pcgraph il program": "il, train.program: fx (the traced program)",
+              "pcgraph pc+m program": f"pc, momentum {c['momentum_variant']}, train.program: fx",
+              "pcgraph il inductor": "il, train.program: inductor (torch.compile)"}
     for T in Ts:
         row = rep["results"][str(T)]
         lines.append(f"## T = {T} ({row['steps_per_round']} updates per method and block)")
@@ -637,6 +686,16 @@ def format_md(rep: dict, Ts, methods_pcg, methods_pcx) -> str:
                              f"{_fmt(v['cpu_fixed'])} |")
             lines.append("")
             lines.append("(A ratio is '-' where an intercept is not positive: the line does not fit those medians.)")
+        lines.append("")
+    fl = rep.get("matmul_floor")
+    if fl:
+        lines.append(f"**The floor.** {fl['what'][0].upper() + fl['what'][1:]}: {fl['ms']:.3f} ms "
+                     f"(IQR {fl['ms_iqr'][0]:.3f}-{fl['ms_iqr'][1]:.3f}) per inference step" +
+                     (f", {fl['ms'] / rep['fits']['PCX sgd']['per_step_ms']:.2f}x PCX's whole inference step "
+                      f"({rep['fits']['PCX sgd']['per_step_ms']:.3f} ms)" if "PCX sgd" in rep.get("fits", {}) and
+                      rep["fits"]["PCX sgd"]["per_step_ms"] > 0 else "") +
+                     ". pcgraph's step cannot cost less than these products; what it adds on top is the elementwise "
+                     "work (ATen's tanh on this CPU is the largest part) and Python.")
         lines.append("")
     ch = rep["checks"]
     if ch:

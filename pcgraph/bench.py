@@ -22,7 +22,9 @@ Methods (``--algorithms``, comma-separated; ``NAME[@VARIANT[+VARIANT]]``):
   multi-tensor, fused, or per-parameter loop, the CPU default), ``@compile``
   (``torch.compile``: of the module for ``torch`` / ``torch_nn``, of the network's forward for
   ``bp``, of ``compute_grads`` for other rules, whose gradients are then checked against the
-  eager rule's before timing).
+  eager rule's before timing), ``@program`` (the rule's step as its traced program,
+  ``train.program: fx``; see :mod:`pcgraph.compile.program`), ``@cudagraph`` (that program
+  replayed from a CUDA graph).
 
 Timing: warm-up, then ``rounds`` rounds; each round runs every method ``steps`` updates, in a
 fresh random order; the ratio of a method is the median over rounds of its per-round ms
@@ -60,7 +62,10 @@ from .train.optim import implementations, make_optimizer
 
 #: optimizer-implementation variants: keys replaced in the spec's optimizer config
 OPT_VARIANTS = {"foreach": {"foreach": True}, "fused": {"fused": True}, "forloop": {"foreach": False}}
-VARIANTS = (*OPT_VARIANTS, "compile")
+#: ``@program``: the rule's step as its traced program (``train.program: fx``); ``@cudagraph``: that
+#: program captured in a CUDA graph (on CUDA; elsewhere as ``@program``)
+PROGRAM_VARIANTS = {"program": "fx", "cudagraph": "cudagraph"}
+VARIANTS = (*OPT_VARIANTS, "compile", *PROGRAM_VARIANTS)
 BASELINES = ("torch", "torch_nn")
 #: the default settings of rules the spec does not name
 RULE_DEFAULTS = {"il": {"T": 20, "gamma": 0.1}}
@@ -425,6 +430,12 @@ def make_method(token: str, name: str, variants, spec, base, cfg: BenchConfig) -
     opts.insert(0, make_optimizer(opt_cfg, groups, f"{token}: train.optimizer"))
     compute = rule.compute_grads
     note = ""
+    for v in variants:
+        if v in PROGRAM_VARIANTS:
+            if name in BASELINES:
+                raise SpecError(f"{token!r}: @{v} is a rule's traced step; {name} has none", "--algorithms")
+            rule.program_mode = PROGRAM_VARIANTS[v]
+            note = f"train.program: {rule.program_mode}"
     if compiled:
         if name == "bp":
             net.forward = _compile(net.forward, f"{token}'s network")
@@ -680,6 +691,11 @@ def run_bench(spec, cfg: BenchConfig, log: Callable[[str], None] | None = None) 
                 raise
             report.errors[tok] = f"torch.compile failed: {_first_line(exc)}"
             del methods[tok]
+    for tok, m in methods.items():      # a rule asked for a program that could not have one ran eagerly
+        reason = next((r.__dict__.get("program_refusal_reason") for r in m.state
+                       if getattr(r, "program_mode", "eager") != "eager"), None)
+        if reason:
+            m.note = f"no program ({reason}): ran eagerly"
     _check_compiled_grads(methods, methods_spec, spec, exp, cfg, batches, report)
     if not methods:
         raise SpecError("nothing left to time", "--algorithms")
@@ -699,16 +715,25 @@ def run_bench(spec, cfg: BenchConfig, log: Callable[[str], None] | None = None) 
 
     rng = random.Random(cfg.seed)
     times: dict[str, list[float]] = {tok: [] for tok in methods}
+    cuda = device.type == "cuda"
+    if cuda:                 # CUDA events: the device's time between the first and the last update's ends
+        report.notes.append("times: CUDA events around each block of updates (torch.cuda.Event, elapsed_time)")
     for _ in range(cfg.rounds):
         order = list(methods)
         rng.shuffle(order)
         for tok in order:
             sync()
+            if cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
             t0 = time.perf_counter()
             for _ in range(steps):
                 call(tok)
+            if cuda:
+                end.record()
             sync()
-            times[tok].append((time.perf_counter() - t0) / steps * 1e3)
+            ms = start.elapsed_time(end) if cuda else (time.perf_counter() - t0) * 1e3
+            times[tok].append(ms / steps)
 
     for tok, m in methods.items():
         ts = times[tok]

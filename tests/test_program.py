@@ -40,7 +40,9 @@ def _net(path: Path, dtype="float64"):
 
 def _rules(net) -> list[tuple[str, dict]]:
     cg = net.compiled
-    out = [("il", {"T": 3, "gamma": 0.3}), ("pc", {"T": 2, "optimizer": {"name": "sgd", "lr": 0.2}})]
+    out = [("il", {"T": 3, "gamma": 0.3}), ("pc", {"T": 2, "optimizer": {"name": "sgd", "lr": 0.2}}),
+           ("pc", {"T": 3, "optimizer": {"name": "sgd", "lr": 0.2, "momentum": 0.5}}),
+           ("pc", {"T": 2, "optimizer": {"name": "adam", "lr": 0.05}})]
     if cg.ordered:
         out += [("zil", {}), ("il", {"T": 4, "gamma": 1.0, "update_at": 2})]
     return out
@@ -79,7 +81,7 @@ def test_program_against_the_reference_interpreter(name):
     inputs, targets = example_batch(net, net.compiled.objective("mean"), B, seed=2)
     for settings in ({"T": 3, "gamma": 0.3}, {"T": 4, "gamma": 1.0, "update_at": 2}):
         rule = make_rule("il", net, settings, seed=0)
-        outputs, updates = StepProgram(rule, inputs, targets)(inputs, targets)
+        outputs, updates, _ = StepProgram(rule, inputs, targets)(inputs, targets)
         ref = run_reference(rule.kernel, rule.update_times, inputs, targets, rule.T, 0.0, None)[2]
         scale = rule.grad_scale(B)
         for key, group in ref.items():
@@ -177,8 +179,12 @@ def test_refusals_name_the_reason():
     assert noisy.program(inputs, targets) is None and "init_noise" in noisy.program_refusal_reason
     bp = make_rule("bp", net)
     assert bp.program(inputs, targets) is None and "no functional step" in bp.program_refusal_reason
+    nudged = make_rule("pc", net, {"T": 2, "nudge": "centered", "beta": 0.1})
+    assert nudged.program(inputs, targets) is None and "nudging" in nudged.program_refusal_reason
+    tol = make_rule("pc", net, {"T": 2, "tol": 1e-3})
+    assert tol.program(inputs, targets) is None and "tol" in tol.program_refusal_reason
     mom = make_rule("pc", net, {"T": 2, "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.5}})
-    assert mom.program(inputs, targets) is None and "general loop" in mom.program_refusal_reason
+    assert mom.program(inputs, targets) is not None      # the engine's loop with torch.optim, traced
     gat = Spec.load(ROOT / "graphs" / "cora_gat.yaml")
     gexp = Experiment.build(gat, with_data=False)
     if any(getattr(op, "needs_step", False) for op in gexp.compiled.ops if op.name == "gat_conv"):
@@ -194,11 +200,13 @@ def _train(spec: Spec, steps: int):
     for k, (inputs, targets, _) in enumerate(exp.batches.train()):
         if k == steps:
             break
-        losses.append(exp.step(inputs, targets))
+        losses.append((exp.step(inputs, targets), exp.last_energy))
     return losses, {k: v.clone() for k, v in exp.net.state_dict().items()}
 
 
-@pytest.mark.parametrize("algorithm", ["zil", {"name": "il", "T": 5, "gamma": 0.2}])
+@pytest.mark.parametrize("algorithm", ["zil", {"name": "il", "T": 5, "gamma": 0.2},
+                                       {"name": "pc", "T": 4, "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.6}},
+                                       {"name": "pc", "T": 3, "optimizer": {"name": "adam", "lr": 0.02}}])
 def test_training_with_the_program_is_bit_identical(algorithm):
     base = mlp_spec(dataset="digits", batch_size=30, algorithm="zil")
     eager = copy.deepcopy(base)
@@ -260,3 +268,22 @@ def test_format_program_header():
     text = format_program(StepProgram(exp.rule, inputs, targets), "title")
     assert text.splitlines()[0] == "# title"
     assert "returns: prediction y, update" in text
+
+
+def test_a_step_that_writes_to_a_captured_tensor_is_refused():
+    """A tensor from outside the step (a cache) written in place by the step would carry its
+    value from one run of the program to the next: refused."""
+    spec = mlp_spec()
+    exp = Experiment.build(spec, with_data=False)
+    rule = make_rule("zil", exp.net)
+    inputs, targets = example_batch(exp.net, rule.objective, 4)
+    counter = torch.zeros(())
+    original = rule.functional_step
+
+    def counting(i, t):
+        counter.add_(1)
+        return original(i, t)
+
+    rule.functional_step = counting
+    assert rule.program(inputs, targets) is None
+    assert "writes in place" in rule.program_refusal_reason

@@ -342,7 +342,7 @@ class EnergyEngine:
             t = targets.get(v)
             if t is not None and self.cg.losses[v].name != "mse":
                 loss = self.cg.losses[v]
-                value, n = loss.value_count(mu[v], t)
+                value, n = loss.value_weight(mu[v], t)     # (n: a 0-dim tensor, no host sync)
                 out[v] = value * n
             else:
                 out[v] = 0.5 * eps[v].pow(2).sum()

@@ -66,7 +66,7 @@ def _signature(tensors: dict) -> tuple:
 class StepProgram:
     """``rule``'s training step for batches shaped like ``inputs`` / ``targets``, traced.
 
-    Call it with a batch of that signature: returns ``(outputs, updates)`` as
+    Call it with a batch of that signature: returns ``(outputs, updates, energy)`` as
     :meth:`functional_step` does (``updates`` already carry the rule's batch scale)."""
 
     def __init__(self, rule, inputs: dict, targets: dict, mode: str = "fx"):
@@ -104,16 +104,17 @@ class StepProgram:
             for (_, op, shape), m in zip(self.samplers, masks):
                 op.use_program_mask(shape, m)
             try:
-                outputs, updates = rule.functional_step(dict(zip(self.input_names, ins)),
-                                                        dict(zip(self.target_names, tgts)))
+                outputs, updates, energy = rule.functional_step(dict(zip(self.input_names, ins)),
+                                                                dict(zip(self.target_names, tgts)))
             finally:
                 for g, (_, n), p in zip(groups, self.param_keys, saved):
                     g._parameters[n] = p
                 for (_, op, _), seed in zip(self.samplers, seeds):
                     op.step_seed, op._cache = seed, None
-            flat, self._out_spec = pytree.tree_flatten((outputs, updates))
+            flat, self._out_spec = pytree.tree_flatten((outputs, updates, energy))
             self.returns = [f"prediction {o}" for o in outputs] + \
-                [f"update {k}.{n}" for k, group in updates.items() for n in group]
+                [f"update {k}.{n}" for k, group in updates.items() for n in group] + \
+                ([] if energy is None else ["energy at the start", "energy at the end"])
             return flat
 
         # the program's arguments are named after what they are (h1_to_h2_weight, input_x,
@@ -150,6 +151,7 @@ class StepProgram:
             raise
         finally:
             _marker = previous
+        self._refuse_mutated_constants()
         self.gm.graph._codegen = torch.fx.graph.CodeGen()     # flat positional arguments, no pytree prologue
         for node, name in zip((n for n in self.gm.graph.nodes if n.op == "placeholder"), names):
             if node.name != name:       # (make_fx suffixes them: h1_to_h2_weight_1)
@@ -164,16 +166,45 @@ class StepProgram:
         elif mode == "cudagraph" and params and params[0].is_cuda:
             self._runner = _CudaGraphRunner(self.gm, params, [*ins, *tgts, *self._masks(dtype, device)])
 
+    def _refuse_mutated_constants(self) -> None:
+        """A tensor the step made from Python data (a ``torch.tensor(0.)``: Adam's step count)
+        is a constant of the program; if the step writes to it in place, every run would start
+        from the last run's value. Such a step is not one reusable program."""
+        const = {n for n in self.gm.graph.nodes if n.op == "get_attr"}
+        if not const:
+            return
+        for node in self.gm.graph.nodes:      # views of a constant are the constant
+            if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload):
+                schema = node.target._schema
+                first = node.args[0] if node.args else None
+                if isinstance(first, torch.fx.Node) and first in const and schema.returns and \
+                        schema.returns[0].alias_info is not None and not schema.returns[0].alias_info.is_write:
+                    const.add(node)
+        for node in self.gm.graph.nodes:
+            if node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload):
+                continue
+            for arg, value in zip(node.target._schema.arguments, node.args):
+                writes = arg.alias_info is not None and arg.alias_info.is_write
+                hit = value in const if isinstance(value, torch.fx.Node) else \
+                    isinstance(value, (list, tuple)) and any(v in const for v in value if isinstance(v, torch.fx.Node))
+                if writes and hit:
+                    raise ProgramRefused("the step writes in place to a tensor it creates from Python data (an "
+                                         "optimizer's state such as Adam's step count): its program would carry "
+                                         "that state from one run to the next")
+
     def _eliminate_common_subexpressions(self) -> None:
         """One node for each pure op applied to the same arguments (``isnan(target)`` of
         every inference step, a weight's transpose): the same numbers, computed once."""
         seen: dict = {}
         graph = self.gm.graph
+        written, base = _written_nodes(graph)     # a buffer written in place is not interchangeable
         for node in list(graph.nodes):
             if node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload):
                 continue
             schema = node.target._schema
-            if schema.is_mutable or node.target in _IMPURE or any(a.alias_info is not None for a in schema.returns):
+            if schema.is_mutable or node.target in _IMPURE or node in written or \
+                    any(a.alias_info is not None for a in schema.returns) or \
+                    any(base.get(a, a) in written for a in node.all_input_nodes):   # (it may change in between)
                 continue
             try:
                 key = (node.target, _freeze(node.args), _freeze(node.kwargs))
@@ -262,6 +293,30 @@ class _CudaGraphRunner:
 
 #: ops that are not pure functions of their arguments (random draws, fresh buffers)
 _IMPURE = {torch.ops.aten.empty.memory_format, torch.ops.aten.new_empty.default}
+
+
+def _written_nodes(graph) -> tuple[set, dict]:
+    """Nodes whose tensor some op writes in place (directly or through a view of it), and
+    each view's base node."""
+    base: dict = {}
+    for node in graph.nodes:        # a view's base, transitively
+        if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload):
+            rets = node.target._schema.returns
+            first = node.args[0] if node.args else None
+            if rets and rets[0].alias_info is not None and isinstance(first, torch.fx.Node):
+                base[node] = base.get(first, first)
+    written = set()
+    for node in graph.nodes:
+        if node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload):
+            continue
+        for arg, value in zip(node.target._schema.arguments, node.args):
+            if arg.alias_info is None or not arg.alias_info.is_write:
+                continue
+            for v in (value if isinstance(value, (list, tuple)) else [value]):
+                if isinstance(v, torch.fx.Node):
+                    written.add(v)
+                    written.add(base.get(v, v))
+    return written, base
 
 
 def _freeze(a):

@@ -48,7 +48,12 @@ class Loss:
     def value_count(self, mu: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, int]:
         """``(value(mu, target), number of labelled samples)``: one pass where the loss can
         count its labels while it reduces (cross-entropy's ``total_weight``)."""
-        return self.value(mu, target), int(self.labelled(target).sum())
+        value, weight = self.value_weight(mu, target)
+        return value, int(weight)
+
+    def value_weight(self, mu: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`value_count` with the count as a 0-dim tensor (no host sync)."""
+        return self.value(mu, target), self.labelled(target).sum()
 
 
 LOSSES: Registry[type[Loss]] = Registry("loss")
@@ -118,15 +123,15 @@ class CrossEntropy(Loss):
             return torch.nn.functional.cross_entropy(flat, target)
         return torch.nn.functional.cross_entropy(flat, target, ignore_index=IGNORE)
 
-    def value_count(self, mu, target):
+    def value_weight(self, mu, target):
         # cross_entropy is log_softmax then nll_loss (the same kernels, the same number);
         # nll_loss's total_weight is the number of labelled samples
         if target.is_floating_point():
-            return super().value_count(mu, target)
+            return super().value_weight(mu, target)
         logp = torch.log_softmax(mu.reshape(mu.shape[0], -1), 1)
         loss, total = torch.ops.aten.nll_loss_forward(logp, target, None, 1, IGNORE)
         self._last = None if logp.requires_grad else (mu, mu._version, target, logp)
-        return loss, int(total)
+        return loss, total
 
     def error(self, mu, target):
         # onehot - softmax(mu), evaluated as autograd evaluates -dl/dmu (NLL's backward with

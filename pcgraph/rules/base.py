@@ -102,10 +102,12 @@ class LearningRule(nn.Module):
     program_mode: str = "eager"
 
     def functional_step(self, inputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]):
-        """The step as a pure function of the parameters and the batch: ``(outputs, updates)``,
-        the output nodes' feed-forward predictions and ``key -> name -> update`` already scaled
-        by :meth:`grad_scale` (no ``p.grad`` written, no host sync). A rule that has one can
-        be traced into a :class:`~pcgraph.compile.program.StepProgram`."""
+        """The step as a pure function of the parameters and the batch: ``(outputs, updates,
+        energy)``: the output nodes' feed-forward predictions (the reported loss is theirs),
+        ``key -> name -> update`` already scaled by :meth:`grad_scale`, and for energy-based
+        steps the energy summed over the batch at the start and at the end of inference (else
+        None); no ``p.grad`` written, no host sync. A rule that has one can be traced into a
+        :class:`~pcgraph.compile.program.StepProgram`."""
         raise NotImplementedError
 
     def program_refusal(self) -> str | None:
@@ -128,10 +130,12 @@ class LearningRule(nn.Module):
         prog = self.program(inputs, targets)
         if prog is None:
             return None
-        outputs, updates = prog(inputs, targets)
+        outputs, updates, energy = prog(inputs, targets)
         batch = next(iter(inputs.values())).shape[0]
         self.write_grads(updates, batch, scaled=True)
-        return StepInfo(float(self.objective.value(outputs, targets)), outputs)
+        if energy is not None:
+            energy = (float(energy[0]) / batch, float(energy[1]) / batch)
+        return StepInfo(float(self.objective.value(outputs, targets)), outputs, energy)
 
     # ---- the one place where the batch is reduced -----------------------------------------
     def grad_scale(self, batch: int) -> float:

@@ -100,7 +100,7 @@ class InferenceLearning(GeneratorState, LearningRule):
     def compute_grads(self, inputs, targets):
         s, k = self.settings, self.kernel
         if self.plan is None:           # order-free: the engine's general loop
-            return engine_step(self, Clamps.by_role(inputs, targets))
+            return self.programmed_step(inputs, targets) or engine_step(self, Clamps.by_role(inputs, targets))
         if not s.reference:
             return self.programmed_step(inputs, targets) or planned_step(self, inputs, targets, s.init_noise)
         state = feedforward(k, inputs)         # the reference interpreter: every quantity, every step
@@ -111,12 +111,12 @@ class InferenceLearning(GeneratorState, LearningRule):
         return StepInfo(float(loss), outputs)
 
     def functional_step(self, inputs, targets):
-        return planned_updates(self, inputs, targets, self.settings.init_noise)
+        if self.plan is None:
+            return engine_updates(self, Clamps.by_role(inputs, targets))
+        return (*planned_updates(self, inputs, targets, self.settings.init_noise), None)
 
     def program_refusal(self) -> str | None:
         s = self.settings
-        if self.plan is None:
-            return "an order-free graph runs the energy engine's general loop"
         if s.reference:
             return "reference: true runs the reference interpreter"
         if s.init_noise:
@@ -156,6 +156,19 @@ def planned_step(rule, inputs, targets, noise: float) -> StepInfo:
     outputs, updates = planned_updates(rule, inputs, targets, noise, loss)
     rule.write_grads(updates, next(iter(inputs.values())).shape[0], scaled=True)
     return StepInfo(float(loss[0]), outputs)
+
+
+def engine_updates(rule, clamps: Clamps):
+    """:meth:`LearningRule.functional_step` through ``rule.engine``'s general loop:
+    ``(outputs, updates, energy)``, the outputs' predictions at the start, the updates
+    scaled by the rule's batch scale, the energy (summed over the batch) at the start and at
+    the end."""
+    out = rule.engine.run(clamps, rule.generator)
+    scale = rule.grad_scale(clamps.batch())
+    grads = [g for group in out.updates.values() for g in group.values()]
+    if grads:           # (write_grads's one multiply)
+        torch._foreach_mul_(grads, scale)
+    return dict(out.start_mu), out.updates, (out.start_energy, out.final_energy)
 
 
 def engine_step(rule, clamps: Clamps, on_update=None) -> StepInfo:

@@ -37,7 +37,7 @@ from ..compile.energy import INITS, Clamps, EnergyEngine, EngineConfig, check_ac
 from ..errors import SpecError
 from ..settings import check_steps
 from .base import RULES, GeneratorState, LearningRule, StepInfo
-from .il import engine_step, planned_step, planned_updates
+from .il import engine_step, engine_updates, planned_step, planned_updates
 
 NUDGES = ("positive", "negative", "centered")
 
@@ -121,20 +121,28 @@ class EnergyPC(GeneratorState, LearningRule):
             return self._nudged(clamps)
         if self.plan is not None and self.engine.plannable(clamps):
             return self.programmed_step(inputs, targets) or planned_step(self, inputs, targets, self.settings.init_std)
+        if not self.steps_optimizer:
+            info = self.programmed_step(inputs, targets)
+            if info is not None:
+                return info
         return engine_step(self, clamps, self._ipc_callback(clamps) if self.steps_optimizer else None)
 
     def functional_step(self, inputs, targets):
-        return planned_updates(self, inputs, targets, self.settings.init_std)
+        clamps = Clamps.by_role(inputs, targets)
+        if self.plan is not None and self.engine.plannable(clamps):
+            return (*planned_updates(self, inputs, targets, self.settings.init_std), None)
+        return engine_updates(self, clamps)
 
     def program_refusal(self) -> str | None:
         s = self.settings
         if s.nudge is not None:
-            return "nudging runs the energy engine's general loop"
-        if self.plan is None:
-            return ("this configuration (an activity optimizer other than plain sgd, another start, "
-                    "updates at every step, or an order-free graph) runs the energy engine's general loop")
-        if s.init_std:
-            return "init_std draws noise every step (its randomness would be baked into the program)"
+            return "nudging runs two phases with data-dependent targets: not yet a program"
+        if s.update_at == "every":
+            return "ipc steps the optimizers at every inference step (outside the program)"
+        if s.tol is not None:
+            return "tol stops inference when the energy settles: a data-dependent loop length"
+        if s.init_std or s.init == "noise":
+            return "the start draws noise every step (its randomness would be baked into the program)"
         return super().program_refusal()
 
     def _ipc_callback(self, clamps: Clamps):
