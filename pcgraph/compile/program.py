@@ -82,7 +82,10 @@ class StepProgram:
         # ops that sample per step (dropout) take the step's mask as an argument of the program
         from ..ops.dropout import step_ops
         cg = net.compiled
-        rows = next(iter(inputs.values())).shape[0]
+        batch = [*inputs.values(), *targets.values()]
+        if not batch:
+            raise ProgramRefused("no batch: the step has no inputs and no targets")
+        rows = batch[0].shape[0]
         self.samplers = []
         for i in step_ops(cg):
             op = cg.ops[i]
