@@ -35,13 +35,13 @@ from pcgraph import Spec  # noqa: E402
 from pcgraph.bench import BenchConfig, run_bench  # noqa: E402
 
 MLP = "graphs/mnist_mlp_wide.yaml"
-RULES = ["bp", "zil", "fazil"]
+RULES = ["bp", "zil", "zil@program", "fazil"]
 #: (key, label, spec, batch or None, methods)
 CASES = [
-    ("mlp1", "wide MLP, batch 1", MLP, 1, ["torch", "torch_nn", *RULES, "il"]),
-    ("mlp32", "wide MLP, batch 32", MLP, 32, ["torch", "torch_nn", *RULES, "il"]),
-    ("mlp128", "wide MLP, batch 128", MLP, 128, ["torch", "torch_nn", *RULES, "il"]),
-    ("mlp1024", "wide MLP, batch 1024", MLP, 1024, ["torch", "torch_nn", *RULES, "il"]),
+    ("mlp1", "wide MLP, batch 1", MLP, 1, ["torch", "torch_nn", *RULES, "il", "il@program"]),
+    ("mlp32", "wide MLP, batch 32", MLP, 32, ["torch", "torch_nn", *RULES, "il", "il@program"]),
+    ("mlp128", "wide MLP, batch 128", MLP, 128, ["torch", "torch_nn", *RULES, "il", "il@program"]),
+    ("mlp1024", "wide MLP, batch 1024", MLP, 1024, ["torch", "torch_nn", *RULES, "il", "il@program"]),
     ("cnn", "MNIST CNN, batch 64", "graphs/mnist_cnn.yaml", None, ["torch", "torch_nn", *RULES]),
     ("rnn", "seq-MNIST RNN, batch 64", "graphs/seq_mnist_rnn.yaml", None, ["torch", "torch_nn", *RULES]),
     ("residual", "residual DAG, batch 32", "graphs/residual_mlp.yaml", None, ["torch", *RULES]),
@@ -49,8 +49,9 @@ CASES = [
     ("adam", "wide MLP, batch 128: Adam loop / foreach / fused", MLP, 128,
      ["torch", "torch@foreach", "torch@fused", "zil", "zil@foreach", "zil@fused"]),
 ]
-COLUMNS = ["torch_nn", "bp", "zil", "fazil", "il", "torch@foreach", "torch@fused", "zil@foreach", "zil@fused"]
-HEADERS = {"torch_nn": "torch_nn", "il": "il (T=20)"}
+COLUMNS = ["torch_nn", "bp", "zil", "zil@program", "fazil", "il", "il@program", "torch@foreach", "torch@fused",
+           "zil@foreach", "zil@fused"]
+HEADERS = {"torch_nn": "torch_nn", "il": "il (T=20)", "il@program": "il@program (T=20)"}
 
 
 def cell(r: dict | None) -> str:
