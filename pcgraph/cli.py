@@ -434,6 +434,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:         # the reader went away (`pcgraph show ... | head`): stop quietly
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())       # (so that the interpreter's final flush does not fail)
+        return 141
 
 
 if __name__ == "__main__":

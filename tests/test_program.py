@@ -287,3 +287,13 @@ def test_a_step_that_writes_to_a_captured_tensor_is_refused():
     rule.functional_step = counting
     assert rule.program(inputs, targets) is None
     assert "writes in place" in rule.program_refusal_reason
+
+
+def test_a_closed_pipe_ends_the_output_quietly():
+    """``pcgraph show ... --program | head``: no traceback when the reader goes away."""
+    p = subprocess.Popen([sys.executable, "-m", "pcgraph", "show", "graphs/mnist_mlp_wide.yaml", "--program",
+                          "--algorithm", "il"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.readline()
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 141 and "Traceback" not in err, err
