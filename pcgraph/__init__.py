@@ -3,13 +3,20 @@
     spec -> graph IR -> compiled graph (depths, relays) -> inference plan -> rule -> trainer
 """
 
-from .compile import CompiledGraph, InferencePlan, PCKernel, PCNetwork, build_plan, compile_graph
+from ._lazy import lazy_exports
 from .errors import CheckpointError, CompileError, DataError, GraphError, PCGraphError, SpecError
-from .ir import Edge, PCGraph, ValueNode
-from .rules import RULES, LearningRule, make_rule
-from .spec import AlgorithmSpec, DataSpec, Spec, TrainSpec
-from .train import Experiment, Trainer, check_against_bp
-from .importer import ImportedModel, TorchImportError, from_torch, load_weights
+
+#: public name -> the submodule that defines it, imported on first access: ``import pcgraph``
+#: and ``pcgraph --help`` do not import torch
+__getattr__, __dir__ = lazy_exports(__name__, {
+    **dict.fromkeys(["CompiledGraph", "InferencePlan", "PCKernel", "PCNetwork", "build_plan", "compile_graph"],
+                    ".compile"),
+    **dict.fromkeys(["Edge", "PCGraph", "ValueNode"], ".ir"),
+    **dict.fromkeys(["RULES", "LearningRule", "make_rule"], ".rules"),
+    **dict.fromkeys(["AlgorithmSpec", "DataSpec", "Spec", "TrainSpec"], ".spec"),
+    **dict.fromkeys(["Experiment", "Trainer", "check_against_bp"], ".train"),
+    **dict.fromkeys(["ImportedModel", "TorchImportError", "from_torch", "load_weights"], ".importer"),
+}, globals())
 
 __version__ = "0.1.0"
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ..errors import SpecError
-from .fx import TorchImportError
+from .errors import TorchImportError
 
 EPILOG = """NAME is an nn.Module subclass (instantiated with no arguments), a function returning a
 module, or a module instance defined in FILE.py. The spec is written to -o and the module's

@@ -36,12 +36,9 @@ from torch import nn
 from ..errors import PCGraphError
 from ..ir import Edge, ValueNode
 from ..ops.conv import pair
+from .errors import TorchImportError
 
 
-class TorchImportError(PCGraphError):
-    """A torch module cannot be imported: an op pcgraph has no equivalent for, a setting of a
-    supported layer that changes its meaning (e.g. ``ceil_mode=True``), or a module torch.fx
-    cannot trace. ``where`` names the module path (``features.3``) or the traced call."""
 
 
 # ---- what a traced value is ---------------------------------------------------------------

@@ -9,10 +9,14 @@
 matplotlib is imported lazily (inside the functions), so importing this package is cheap.
 """
 
-from .curves import TensorBoardLogger, load_run, plot_runs
-from .errors import VizError
-from .graph import draw_compiled, graph_layout, to_dot
-from .wave import draw_wave, wave_data
+from .._lazy import lazy_exports
+
+__getattr__, __dir__ = lazy_exports(__name__, {
+    **dict.fromkeys(["TensorBoardLogger", "load_run", "plot_runs"], ".curves"),
+    "VizError": ".errors",
+    **dict.fromkeys(["draw_compiled", "graph_layout", "to_dot"], ".graph"),
+    **dict.fromkeys(["draw_wave", "wave_data"], ".wave"),
+}, globals())
 
 __all__ = ["TensorBoardLogger", "VizError", "draw_compiled", "draw_wave", "graph_layout", "load_run",
            "plot_runs", "to_dot", "wave_data"]
