@@ -15,3 +15,14 @@ if "PCGRAPH_DATA" not in os.environ and _shared.exists():
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Say, in the summary, why dataset tests were skipped and how to run them."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    missing = [r for r in skipped if "PCGRAPH_DATA" in str(getattr(r, "longrepr", ""))]
+    if missing:
+        terminalreporter.write_line(
+            f"{len(missing)} tests skipped: their dataset files were not found. Set PCGRAPH_DATA to a folder in "
+            "torchvision's layout (MNIST/raw, FashionMNIST/raw, Planetoid/Cora/raw, Planetoid/CiteSeer/raw) and "
+            "run the tests again to include them (README: 'Two commands').", yellow=True, bold=True)
