@@ -20,7 +20,6 @@ ratios with their IQR, log scale) and OUT/speed.json (every report in full).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 import time
@@ -83,6 +82,70 @@ def markdown(reports: dict, machine: dict, notes: list[str], rounds: int) -> str
     return "\n".join(lines) + "\n"
 
 
+#: (key, label, spec, batch): zil's peak working memory per update against torch's
+MEMORY_CASES = [
+    ("mlp128", "wide MLP, batch 128", MLP, 128),
+    ("mlp1024", "wide MLP, batch 1024", MLP, 1024),
+    ("cnn", "MNIST CNN, batch 64", "graphs/mnist_cnn.yaml", None),
+    ("rnn", "seq-MNIST RNN, batch 64", "graphs/seq_mnist_rnn.yaml", None),
+]
+
+
+def run_pcx(out: Path, rounds: int) -> dict:
+    """benchmarks/bench_pcx_speed.py in its own process (it sets XLA's flags before JAX loads),
+    pinned to one core where ``taskset`` exists; its JSON, or a message when PCX is absent."""
+    import shutil
+    import subprocess
+
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_pcx_speed.py"), "--rounds", str(rounds),
+           "--out", str(out)]
+    if shutil.which("taskset"):
+        cmd = ["taskset", "-c", "0", *cmd]
+    print("== PCX: " + " ".join(cmd), flush=True)
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    path = out / "pcx_speed.json"
+    if p.returncode != 0 or not path.exists():
+        return {"message": f"the PCX comparison failed (exit {p.returncode}): {(p.stderr or p.stdout).strip()[-300:]}"}
+    rep = json.loads(path.read_text())
+    if not rep["pcx"]["available"]:
+        return {"message": f"PCX was not importable ({rep['pcx']['info']}): its comparison was skipped"}
+    return rep
+
+
+def memory_md(memory: dict) -> str:
+    if not memory:
+        return ""
+    lines = ["", "Peak working memory of one update (MB; CPU: torch.profiler's running sum of allocations):", "",
+             "| case | torch MB | zil MB | zil / torch |", "|---|---|---|---|"]
+    for m in memory.values():
+        lines.append(f"| {m['label']} | {m['torch_mb']:.2f} | {m['zil_mb']:.2f} | "
+                     f"{m['zil_mb'] / m['torch_mb']:.2f} |" if m["torch_mb"] else f"| {m['label']} | - | - | - |")
+    return "\n".join(lines) + "\n"
+
+
+def pcx_md(rep: dict | None) -> str:
+    if not rep or "results" not in rep:
+        return ""
+    Ts = rep["config"]["T"]
+    methods = [m for m in rep["results"][str(Ts[0])]["pairs"]]
+    lines = ["", "Against PCX (JAX), the same MLP 784-256x3-10 in one process pinned to one core "
+             "(`benchmarks/bench_pcx_speed.py`; pcgraph ms / PCX ms, median paired ratio, IQR):", "",
+             "| pair | " + " | ".join(f"T = {T}" for T in Ts) + " |", "|---|" + "---|" * len(Ts)]
+    for m in methods:
+        cells = []
+        for T in Ts:
+            p = rep["results"][str(T)]["pairs"].get(m)
+            cells.append(f"{p['ratio']:.2f} ({p['iqr'][0]:.2f}-{p['iqr'][1]:.2f})" if p else "")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    fl, fits = rep.get("matmul_floor"), rep.get("fits", {})
+    if fl and "PCX sgd" in fits:
+        lines += ["", f"The floor: one inference step's six matrix products alone take {fl['ms']:.3f} ms, "
+                  f"{fl['ms'] / fits['PCX sgd']['per_step_ms']:.2f}x PCX's whole inference step "
+                  f"({fits['PCX sgd']['per_step_ms']:.3f} ms): no implementation on these kernels can take under "
+                  f"about {fl['ms'] / fits['PCX sgd']['per_step_ms']:.2f}x PCX per step."]
+    return "\n".join(lines) + "\n"
+
+
 def plot(reports: dict, path: Path, machine: dict) -> None:
     import matplotlib
 
@@ -127,6 +190,8 @@ def main() -> int:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--only", help="comma-separated case keys: " + ",".join(c[0] for c in CASES))
     ap.add_argument("--full", action="store_true", help="20 rounds of about 400 ms per method")
+    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory table")
+    ap.add_argument("--no-pcx", action="store_true", help="skip the PCX comparison")
     args = ap.parse_args()
     if args.full:
         args.rounds, args.target_ms = 20, 400.0
@@ -153,10 +218,20 @@ def main() -> int:
         print(rep.format(), flush=True)
         for tok, why in rep.errors.items():
             notes.append(f"{label}: {tok} not timed: {why}")
-    if importlib.util.find_spec("pcx") is None:
-        notes.append("PCX (JAX) is not installed here (`pcx` is not importable): its comparison was skipped")
-    else:
-        notes.append("`pcx` is importable, but this script has no PCX model yet: skipped")
+    memory = {}
+    if not args.no_memory:
+        for key, label, path, batch in MEMORY_CASES:
+            if only and key not in only:
+                continue
+            cfg = BenchConfig(algorithms="torch,zil", batch=batch, rounds=1, steps=1, device=args.device,
+                              dtype=args.dtype, memory=True)
+            rep = run_bench(Spec.load(ROOT / path), cfg).to_dict()["results"]
+            memory[key] = {"label": label, "torch_mb": rep["torch"]["peak_mb"], "zil_mb": rep["zil"]["peak_mb"]}
+            print(f"== memory, {label}: torch {rep['torch']['peak_mb']:.2f} MB, zil {rep['zil']['peak_mb']:.2f} MB",
+                  flush=True)
+    pcx = None if args.no_pcx else run_pcx(out, args.rounds)
+    if pcx is not None and pcx.get("message"):
+        notes.append(pcx["message"])
     notes.append("`torch`: the spec as a plain nn.Module (the ops' forward under autograd, no relays); "
                  "`torch_nn`: torch's own layers (nn.Sequential of nn.Linear/nn.Conv2d/pooling; the fused "
                  "nn.RNN for the RNN); `@foreach`/`@fused`: Adam's multi-tensor / fused implementations "
@@ -164,10 +239,11 @@ def main() -> int:
     if machine is None:
         print("no case ran")
         return 1
-    md = markdown(reports, machine, notes, args.rounds)
+    md = markdown(reports, machine, notes, args.rounds) + memory_md(memory) + pcx_md(pcx)
     (out / "speed.md").write_text(md)
     (out / "speed.json").write_text(json.dumps({"machine": machine, "rounds": args.rounds,
-                                                "cases": reports, "notes": notes}, indent=1) + "\n")
+                                                "cases": reports, "notes": notes, "memory": memory,
+                                                "pcx": pcx}, indent=1) + "\n")
     plot(reports, out / "speed.png", machine)
     print(md)
     print(f"wrote {out / 'speed.md'}, {out / 'speed.png'}, {out / 'speed.json'} "
