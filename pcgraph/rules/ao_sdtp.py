@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..compile.memory import check_tensor
 from ..errors import SpecError
 from .base import RULES
 from .sdtp import SimplifiedDTP
@@ -52,6 +53,8 @@ class AuxiliaryOutputSDTP(SimplifiedDTP):
             raise SpecError(f"ao_sdtp adds its auxiliary outputs beside a linear output layer; the edge into "
                             f"{top.dst!r} is {op.name!r}", f"model.edges.{top.key}")
         n_in, k = math.prod(op.in_shapes[0]), self.settings.aux_width
+        check_tensor((k, n_in), net.dtype, net.device, "train.algorithm.aux_width",     # A and V_aux
+                     f"ao_sdtp's auxiliary features (aux_width {k})", copies=2)
         gen = torch.Generator().manual_seed(seed + 90011)
         bound = 1.0 / math.sqrt(n_in)
         A = (torch.rand(k, n_in, generator=gen, dtype=net.dtype) * 2 - 1) * bound
