@@ -18,6 +18,23 @@ from typing import Any, Literal
 
 from .errors import SpecError
 
+#: the largest magnitude of a ``float`` setting: float32's largest value. Settings become
+#: scalars of torch ops on the parameters' dtype (``x.add_(drive, alpha=gamma)``), and torch
+#: refuses a scalar its dtype cannot hold (``gamma: 1e300`` failed in the first step), so a
+#: spec must hold in float32, the default ``--dtype``.
+MAX_FLOAT = 3.4028234663852886e38
+#: ``int`` settings must fit in int64, as torch converts them
+MAX_INT = 2 ** 63 - 1
+
+
+def fits_float(value) -> bool:
+    """Whether the number ``value`` is finite and within ``MAX_FLOAT`` (an int too large for a
+    float is not)."""
+    try:
+        return math.isfinite(value) and abs(value) <= MAX_FLOAT
+    except OverflowError:
+        return False
+
 
 def parse_dataclass(cls: type, raw: dict | None, where: str, owner: str) -> Any:
     """``cls(**raw)`` with every key and value checked; ``owner`` names what the keys
@@ -91,10 +108,10 @@ def _one(value, typ):
     if typ is bool:
         return isinstance(value, bool), value
     if typ is int:
-        return isinstance(value, int) and not isinstance(value, bool), value
+        return isinstance(value, int) and not isinstance(value, bool) and abs(value) <= MAX_INT, value
     if typ is float:
         # NaN and infinities are never meaningful settings (a step size, a noise scale, ...)
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and fits_float(value)
         return ok, float(value) if ok else None
     if typ is str:
         return isinstance(value, str), value
@@ -114,7 +131,21 @@ def coerce(value, hint, where: str):
     names = " or ".join(_name(t) for t in options)
     if isinstance(value, float) and not math.isfinite(value):
         names = "a finite " + names
-    raise SpecError(f"expected {names}, got {value!r}", where)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool) and (int in options or float in options):
+        if float in options and not fits_float(value):
+            raise SpecError(f"{_brief(value)} is beyond the largest value a setting may have ({MAX_FLOAT:.4g}, "
+                            f"float32's: torch applies it to float32 tensors)", where)
+        if int in options and isinstance(value, int) and abs(value) > MAX_INT:
+            raise SpecError(f"{_brief(value)} is beyond the largest integer a setting may have (2**63 - 1, "
+                            f"int64's, as torch converts it)", where)
+    raise SpecError(f"expected {names}, got {_brief(value)}", where)
+
+
+def _brief(value) -> str:
+    """``repr(value)``, but a huge int (whose decimal digits Python may refuse to write) in brief."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"an integer of {int(value.bit_length() * 0.30103) + 1} digits"
+    return repr(value)
 
 
 #: the most steps any step-count setting (``T``, ``t_d``, ``predict_steps``, ``update_at``,

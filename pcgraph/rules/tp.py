@@ -88,6 +88,8 @@ class TPSettings:
         if not isinstance(opt, dict) or "name" not in opt:
             raise SpecError(f"expected an optimizer mapping such as {{name: adam, lr: 0.001}}, got {opt!r}",
                             f"{where}.inverse_optimizer")
+        from ..train.optim import check_optimizer_config   # (lazily: pcgraph.train imports the rules)
+        check_optimizer_config(opt, f"{where}.inverse_optimizer")
 
 
 @dataclass

@@ -1,0 +1,194 @@
+"""Issue 18, items 7-9: corrupted checkpoints and changed dtypes on resume, values that passed
+validation and then broke inside torch, and a NaN loss that names where it started."""
+
+from __future__ import annotations
+
+import inspect
+import struct
+import textwrap
+import zipfile
+
+import pytest
+import torch
+
+from pcgraph.cli import main
+from pcgraph.errors import CheckpointError, SpecError
+from pcgraph.train.checkpoint import DIGESTS, FORMAT, load_checkpoint, save_checkpoint
+from pcgraph.train.optim import OPTIMIZERS, check_optimizer_config, make_optimizer
+
+GOOD = textwrap.dedent("""\
+    name: tiny
+    data: {dataset: digits, batch_size: 32, train_subset: 64, test_subset: 64}
+    model:
+      nodes:
+        - {name: x, shape: [64], role: input}
+        - {name: h, shape: [8]}
+        - {name: y, shape: [10], role: output}
+      edges:
+        - {from: x, to: h}
+        - {from: h, to: y}
+    loss: mse
+    train: {algorithm: bp, epochs: 1, optimizer: {name: sgd, lr: 0.01}}
+    """)
+
+
+@pytest.fixture
+def spec(tmp_path):
+    f = tmp_path / "spec.yaml"
+    f.write_text(GOOD)
+    return f
+
+
+def _error(capsys, argv, rc=2) -> str:
+    assert main(argv) == rc
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    return err
+
+
+def _trained(spec, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", str(spec), "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    return out
+
+
+# ---- item 8: silent corruption ------------------------------------------------------------
+
+def test_flipped_bytes_inside_a_tensor_are_refused_on_resume(spec, tmp_path, capsys):
+    out = _trained(spec, tmp_path, capsys)
+    ckpt = out / "checkpoint.pt"
+    raw = bytearray(ckpt.read_bytes())
+    with zipfile.ZipFile(ckpt) as z:       # torch stores each tensor's bytes as one uncompressed entry
+        entry = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    n, m = struct.unpack("<HH", raw[entry.header_offset + 26:entry.header_offset + 30])
+    start = entry.header_offset + 30 + n + m + entry.file_size // 2 - 32
+    for k in range(64):
+        raw[start + k] ^= 0xFF
+    ckpt.write_bytes(bytes(raw))
+    err = _error(capsys, ["run", str(spec), "--out", str(out), "--resume", "--epochs", "2", "--no-progress"])
+    assert str(ckpt) in err and "does not match the digest" in err
+
+
+def test_a_changed_model_tensor_is_named(tmp_path):
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, {"epoch": 1, "model": {"w": torch.ones(4), "b": torch.zeros(2)}, "history": [0.5]})
+    assert load_checkpoint(path)["epoch"] == 1
+    state = torch.load(path, weights_only=True)
+    state["model"]["b"][1] = 1e-30          # one value, the digests kept as saved
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=r"c\.pt: model/b: this tensor does not match the digest"):
+        load_checkpoint(path)
+    state["model"]["b"][1] = 0.0
+    state["history"] = [0.25]                # plain data changed
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match="data .* does not match the digest"):
+        load_checkpoint(path)
+
+
+def test_a_checkpoint_without_digests_still_resumes_with_a_note(spec, tmp_path, capsys):
+    out = _trained(spec, tmp_path, capsys)
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    del state[DIGESTS]                       # as written before digests existed
+    assert state["format"] == FORMAT
+    torch.save(state, out / "checkpoint.pt")
+    assert main(["run", str(spec), "--out", str(out), "--resume", "--epochs", "2", "--no-progress"]) == 0
+    said = capsys.readouterr().out
+    assert "written before checkpoints carried digests" in said and "resumed from" in said
+
+
+def test_resume_at_another_dtype_is_refused(spec, tmp_path, capsys):
+    out = _trained(spec, tmp_path, capsys)
+    err = _error(capsys, ["run", str(spec), "--out", str(out), "--resume", "--epochs", "2", "--dtype", "float64",
+                          "--no-progress"])
+    assert "--dtype" in err and "float32" in err and "float64" in err and "--init" in err
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1     # untouched
+
+
+# ---- item 9: values that pass validation, then break inside torch ----------------------------
+
+@pytest.mark.parametrize("options, where, words", [
+    ("{name: adam, betas: [0.9]}", "train.optimizer.betas", "list of 2"),
+    ("{name: adam, betas: [0.9, 1.0]}", "train.optimizer.betas", "[0, 1)"),
+    ("{name: sgd, lr: 0.1, momentum: 18446744073709551616}", "train.optimizer.momentum", "[0, 1]"),
+    ("{name: sgd, lr: 0.1, momentum: 1.5}", "train.optimizer.momentum", "[0, 1]"),
+    ("{name: sgd, lr: -0.1}", "train.optimizer.lr", ">= 0"),
+    ("{name: sgd, lr: 1.0e+39}", "train.optimizer.lr", "float32"),
+    ("{name: sgd, lr: 1180591620717411303424}", "train.optimizer.lr", "int64"),
+    ("{name: adam, eps: 0}", "train.optimizer.eps", "> 0"),
+    ("{name: adam, amsgrad: 1}", "train.optimizer.amsgrad", "true or false"),
+    ("{name: rmsprop, alpha: 2}", "train.optimizer.alpha", "[0, 1]"),
+    ("{name: adam, lrr: 0.1}", "train.optimizer.lrr", "its options"),
+])
+def test_optimizer_options_are_checked_at_load_time(spec, capsys, options, where, words):
+    err = _error(capsys, ["show", str(spec), "--set", f"train.optimizer={options}"])
+    assert where in err and words in err, err
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS.names())
+def test_every_optimizer_takes_its_own_defaults_and_refuses_bad_values(name):
+    cls = OPTIMIZERS.get(name)
+    defaults = {k: (list(p.default) if isinstance(p.default, tuple) else p.default)
+                for k, p in inspect.signature(cls.__init__).parameters.items()
+                if k not in ("self", "params") and p.default is not inspect.Parameter.empty}
+    check_optimizer_config({"name": name, **defaults})
+    p = torch.nn.Parameter(torch.zeros(3))
+    make_optimizer({"name": name, "lr": 0.01}, [p])
+    for key, default in defaults.items():
+        if isinstance(default, bool) or not isinstance(default, (int, float, list)):
+            continue
+        for bad in (-1.0, float("nan"), 1e39, "0.1", True):
+            value = [bad] * len(default) if isinstance(default, list) else bad
+            with pytest.raises(SpecError) as info:
+                make_optimizer({"name": name, key: value}, [p], "opt")
+            assert info.value.where == f"opt.{key}", (key, bad, info.value)
+
+
+def test_momentum_that_breaks_at_the_second_step_is_refused_at_build():
+    p = torch.nn.Parameter(torch.zeros(3))
+    with pytest.raises(SpecError, match="momentum"):
+        make_optimizer({"name": "sgd", "lr": 0.1, "momentum": 2 ** 64}, [p])
+
+
+@pytest.mark.parametrize("value, words", [("1e300", "float32"), ("1.0e+300", "float32"),
+                                          (str(2 ** 2000), "float32"), ("-1", "> 0")])
+def test_il_gamma_beyond_float32_is_a_located_error(spec, capsys, value, words):
+    err = _error(capsys, ["show", str(spec), "--set", f"train.algorithm={{name: il, gamma: {value}}}"])
+    assert "train.algorithm.gamma" in err and words in err, err
+
+
+def test_int_settings_beyond_int64_are_a_located_error(spec, capsys):
+    err = _error(capsys, ["show", str(spec), "--set", f"train.algorithm={{name: il, T: {2 ** 64}}}"])
+    assert "train.algorithm.T" in err and "int64" in err
+
+
+def test_rule_optimizers_are_checked_too(spec, capsys):
+    err = _error(capsys, ["show", str(spec), "--set",
+                          "train.algorithm={name: dtp, inverse_optimizer: {name: adam, betas: [0.9]}}"])
+    assert "train.algorithm.inverse_optimizer.betas" in err
+    err = _error(capsys, ["show", str(spec), "--set",
+                          "train.algorithm={name: pc, optimizer: {name: sgd, lr: 0.1, momentum: 5}}"])
+    assert "train.algorithm.optimizer.momentum" in err
+
+
+def test_a_very_long_spec_name_is_a_located_error(spec, tmp_path, capsys):
+    f = tmp_path / "long.yaml"
+    f.write_text(GOOD.replace("name: tiny", "name: " + "a" * 10_000))
+    err = _error(capsys, ["run", str(f), "--out", str(tmp_path / "run"), "--no-progress"])
+    assert "name:" in err and "10000 characters" in err
+
+
+def test_absurd_thread_counts_are_refused_before_torch_sees_them(spec, capsys, monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    err = _error(capsys, ["show", str(spec), "--threads", "1000000"])
+    assert "--threads" in err and calls == []
+
+
+# ---- item 7: a NaN loss names where it started ----------------------------------------------
+
+def test_a_nan_loss_names_the_node_and_parameter(spec, tmp_path, capsys):
+    err = _error(capsys, ["run", str(spec), "--out", str(tmp_path / "run"), "--no-progress", "--epochs", "2",
+                          "--set", "train.optimizer={name: sgd, lr: 1.0e+38}"], rc=3)
+    assert "the training loss is nan" in err or "the training loss is inf" in err, err
+    assert "node 'h'" in err and "params.x_to_h.weight" in err, err
