@@ -216,9 +216,28 @@ def _without_nproc(argv: list[str]) -> list[str]:
     return out
 
 
+def _resume_command(argv: list[str], out: Path) -> str:
+    """The command that continues this run: its command line without --restart and --init,
+    with --out DIR and --resume."""
+    import shlex
+
+    words, skip = [], False
+    for tok in argv:
+        if skip:
+            skip = False
+        elif tok == "--init":
+            skip = True
+        elif tok not in ("--restart", "--resume") and not tok.startswith("--init="):
+            words.append(tok)
+    if not any(t == "--out" or t.startswith("--out=") for t in words):
+        words += ["--out", str(out)]
+    return shlex.join(["pcgraph", *words, "--resume"])
+
+
 def cmd_run(args) -> int:
-    from .train import Experiment, Trainer
-    from .train.distributed import DataParallel, check_nproc, launch_local, under_launcher
+    from .train import Experiment
+    from .train.distributed import RankLost, check_nproc, launch_local
+    from .train.trainer import stop_on_signals
 
     spec = load_spec(args)
     out = _out_dir(args.out) if args.out else _out_dir(default_out(spec.name))
@@ -234,8 +253,66 @@ def cmd_run(args) -> int:
         check_nproc(args.nproc, args.device)
         if args.nproc > 1:
             Experiment.build(spec, args.device, args.dtype, with_data=False)   # a bad spec: one message
-            return launch_local(args.nproc, _without_nproc(getattr(args, "argv", sys.argv[1:])))
-    dp = DataParallel.from_env(args.device) if under_launcher() else None
+            argv = getattr(args, "argv", sys.argv[1:])
+            return launch_local(args.nproc, _without_nproc(argv), out, _resume_command(argv, out))
+    with stop_on_signals():         # SIGTERM stops as Ctrl-C does: a line saying what is saved, status 130
+        try:
+            return _train(args, spec, out)
+        except KeyboardInterrupt as stop:
+            return _stopped(stop, args, out)
+        except RankLost as err:
+            return _rank_lost(err)
+
+
+def _resume_hint(args, out: Path) -> str:
+    """The command that continues the whole run (a worker of --nproc: its launcher's)."""
+    import os
+
+    from .train.distributed import RESUME_ENV
+
+    return os.environ.get(RESUME_ENV) or _resume_command(getattr(args, "argv", sys.argv[1:]), out)
+
+
+def _stopped(stop: KeyboardInterrupt, args, out: Path) -> int:
+    """Ctrl-C / SIGTERM: one line from rank 0 (none from the workers of --nproc, whose launcher
+    says it for all) with the checkpoint left and the command that continues; status 130."""
+    import os
+
+    from .train.distributed import launched_here
+    from .train.trainer import Interrupted, stop_signal
+
+    if launched_here() or os.environ.get("RANK", "0") != "0":
+        return 130
+    if not isinstance(stop, Interrupted):       # before training began (or after it ended)
+        stop = Interrupted(stop_signal(), None, None, None)
+    print(stop.message(), file=sys.stderr)
+    return 130
+
+
+def _rank_lost(err) -> int:
+    """A data-parallel rank gone or silent: one line, from the lowest rank still running;
+    status 4. A worker of --nproc whose peer's process ended waits: its launcher, which saw
+    that process end, stops this one and says it (with what is left) for all."""
+    import time
+
+    from .train.distributed import LOST, launched_here
+
+    try:
+        if err.gone and launched_here():
+            time.sleep(3.0)
+        if err.speaker:
+            print(f"pcgraph run: error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        return 130
+    return LOST
+
+
+def _train(args, spec, out: Path) -> int:
+    """Build and train ``spec`` in this process (one of N under a launcher)."""
+    from .train import Experiment, Trainer
+    from .train.distributed import DataParallel, under_launcher
+
+    dp = DataParallel.from_env(args.device, spec.train.distributed_timeout) if under_launcher() else None
     try:
         exp = Experiment.build(spec, dp.device if dp else args.device, args.dtype)
         if args.init:
@@ -250,7 +327,7 @@ def cmd_run(args) -> int:
         # a terminal gets a progress bar; a log file a progress line every 30 s during an epoch
         trainer = Trainer(exp, out, progress=main and not args.no_progress and tty, log=say,
                           progress_every=None if not main or args.no_progress or tty else 30.0,
-                          restart=args.restart)
+                          restart=args.restart, resume_hint=_resume_hint(args, out))
         if args.tensorboard and main:
             from .viz import TensorBoardLogger
 
@@ -414,6 +491,14 @@ def main(argv: list[str] | None = None) -> int:
             from .errors import SpecError
 
             raise SpecError(f"expected at least 1 thread, got {threads}", "--threads")
+        import os
+
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        if threads > 4 * cpus:      # (torch.set_num_threads(10**6) kills the process at its first op)
+            from .errors import SpecError
+
+            raise SpecError(f"{threads} threads is more than 4 per CPU this process can use ({cpus} CPUs: at "
+                            f"most {4 * cpus}; more only contend, and absurd counts crash torch)", "--threads")
         import torch
 
         from .viz.cli import COMMANDS
@@ -434,6 +519,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except (MemoryError, RuntimeError) as err:     # an allocation failed: one line, what was allocated
+        from .compile.memory import out_of_memory
+
+        found = out_of_memory(err, args.verb)
+        if found is None:
+            raise
+        from .train.distributed import report_error
+
+        report_error(f"pcgraph {args.verb}: error: {found[0]}")
+        return found[1]
     except BrokenPipeError:         # the reader went away (`pcgraph show ... | head`): stop quietly
         import os
 

@@ -291,8 +291,10 @@ def test_a_step_that_writes_to_a_captured_tensor_is_refused():
 
 def test_a_closed_pipe_ends_the_output_quietly():
     """``pcgraph show ... --program | head``: no traceback when the reader goes away."""
+    # (T = 200: a program of ~500 KB, well over what a pipe buffers)
     p = subprocess.Popen([sys.executable, "-m", "pcgraph", "show", "graphs/mnist_mlp_wide.yaml", "--program",
-                          "--algorithm", "il"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                          "--algorithm", "il", "--set", "train.algorithm.T=200", "--batch", "4"], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     p.stdout.readline()
     p.stdout.close()
     err = p.stderr.read().decode()

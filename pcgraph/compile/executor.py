@@ -168,6 +168,7 @@ class _Program:
         self.steps = []
         self.labels = []
         contributions: dict[str, int] = {}     # parameter group -> updates per run
+        dense: dict[str, bool] = {}            # parameter group -> all its edges dense (once per group)
         for s in plan.steps:
             for i, _, want_params in s.vjps:
                 if want_params:
@@ -185,8 +186,11 @@ class _Program:
                 split = not op.uses_default_vjp and type(op).vjp is Op.vjp and contributions.get(e.key) == 1
                 # a dense group updated several times (shared weights) stacks its
                 # contributions into one product at the end
-                if contributions.get(e.key, 0) > 1 and all(kernel.dense[j] for j in cg.param_edges[e.key]):
-                    split = "stack"
+                if contributions.get(e.key, 0) > 1:
+                    if e.key not in dense:
+                        dense[e.key] = all(kernel.dense[j] for j in cg.param_edges[e.key])
+                    if dense[e.key]:
+                        split = "stack"
                 msgs = tuple((k, src) for k, (src, w) in enumerate(zip(e.sources, wanted)) if w)
                 vjps.append((i, e.dst, e.key, tuple(wanted), any(wanted), want_params,
                              (False,) * len(e.sources), msgs, split))
@@ -291,22 +295,26 @@ def _last_reads(cg, steps: list, fx_ok: bool, dead_ok: bool, same: frozenset,
         items += [(si, 2, j, v) for j, v in enumerate(s.vjps)]
         items += [(si, 3, j, a) for j, a in enumerate(s.advance)]
 
-    def touches_value(item, v) -> str | None:
-        """How ``item`` uses node ``v``'s value or prediction: "eps" (its error: reads its
-        move), "mu" (rewrites mu_v), "x" (anything else that may read x_v), None."""
-        _, phase, _, pay = item
+    # the last item that uses node v's value or prediction other than through its error (its
+    # move): a prediction of v (rewrites mu_v) or of a child, a VJP of an edge v feeds, a
+    # move of v (each may read x_v). Found in one pass, not by scanning the items after
+    # each move (quadratic in the length of a long unrolled graph's plan)
+    last_use: dict[str, int] = {}
+    for n, (_, phase, _, pay) in enumerate(items):
         if phase == 0:
-            if pay == v:
-                return "mu"
-            return "x" if any(v in edges[i].sources for i in cg.in_edges(pay)) else None
-        if phase == 1:
-            return "eps" if pay == v else None
-        if phase == 2:
-            return "x" if v in edges[pay[0]].sources else None
-        return "x" if pay.node == v else None
+            last_use[pay] = n
+            for i in cg.in_edges(pay):
+                for src in edges[i].sources:
+                    last_use[src] = n
+        elif phase == 2:
+            for src in edges[pay[0]].sources:
+                last_use[src] = n
+        elif phase == 3:
+            last_use[pay.node] = n
 
     dead: list = [[False] * len(s.advance) for s in steps]
     written: set = set()        # nodes whose value or prediction was written since the start
+    drives: dict[int, dict[str, int]] = {}      # step -> node -> messages it receives
     for n, item in enumerate(items):
         si, phase, j, pay = item
         if phase == 0:
@@ -315,16 +323,16 @@ def _last_reads(cg, steps: list, fx_ok: bool, dead_ok: bool, same: frozenset,
         if phase != 3:
             continue
         v = pay.node
-        drive = sum(1 for i, wanted, _ in steps[si].vjps for src, w in zip(edges[i].sources, wanted)
-                    if w and src == v)
+        if si not in drives:
+            count: dict[str, int] = {}
+            for i, wanted, _ in steps[si].vjps:
+                for src, w in zip(edges[i].sources, wanted):
+                    if w:
+                        count[src] = count.get(src, 0) + 1
+            drives[si] = count
+        drive = drives[si].get(v, 0)
         exact = pay.own_error or (v in same and v not in written)
-        ok = dead_ok and drive > 0 and exact
-        if ok:
-            for later in items[n + 1:]:
-                how = touches_value(later, v)
-                if how is not None and how != "eps":
-                    ok = False
-                    break
+        ok = dead_ok and drive > 0 and exact and last_use.get(v, -1) <= n
         dead[si][j] = ok
         written.add(v)
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from ..errors import CompileError
 from ..ir import Edge, PCGraph, ValueNode
+from ..ir.graph import gc_paused
 from ..ops import Loss, Objective, get_activation, get_loss
 from ..ops.activations import Activation
 from ..ops.base import Op
@@ -34,17 +35,25 @@ def derived_nodes(graph: PCGraph, clamped: set[str] | None = None) -> set[str]:
         clamped = set(graph.inputs)
     out: set[str] = set()
     free = [n for n in graph.nodes if n not in clamped and graph.nodes[n].role != "output"]
-    ins = {n: graph.in_edges(n) for n in free}
-    changed = True
-    while changed:                       # a fixpoint: also on graphs with cycles
-        changed = False
-        for n in free:
-            if n in out or not ins[n]:
-                continue
-            if all(not graph.make_op(e).param_shapes() and all(s in clamped or s in out for s in e.sources)
-                   for e in ins[n]):
-                out.add(n)
-                changed = True
+    all_ins, all_outs = graph._adjacency()
+    # the least fixpoint (also on graphs with cycles), by a worklist: a node with in-edges is
+    # derived once each of their sources is clamped or derived, if they are all parameter-free
+    # (checked then, once: most nodes of a big graph never get there)
+    pending: dict[str, int] = {}
+    for n in free:
+        if all_ins[n]:
+            pending[n] = sum(1 for e in all_ins[n] for s in e.sources if s not in clamped)
+    work = [n for n in free if pending.get(n) == 0]
+    while work:
+        n = work.pop()
+        if any(graph.make_op(e).param_shapes() for e in all_ins[n]):
+            continue
+        out.add(n)
+        for e in all_outs[n]:
+            if e.dst in pending and e.dst not in out:
+                pending[e.dst] -= e.sources.count(n)
+                if pending[e.dst] == 0:
+                    work.append(e.dst)
     return out
 
 
@@ -217,9 +226,10 @@ class CompiledGraph:
         lines = [f"compiled graph (order-free: {why}): {len(g.nodes)} nodes, {len(g.edges)} edges; "
                  "energy-based rules only"]
         clamped = set(self.clamped) if self.clamped is not None else set(g.inputs) | set(g.outputs)
+        has_in = {e.dst for e in g.edges}
         for n in g.nodes:
             tag = "clamped" if n in clamped else ("derived" if n in self.derived else "free")
-            root = "" if g.in_edges(n) else " (root)"
+            root = "" if n in has_in else " (root)"
             lines.append(f"  node {n}: {list(g.nodes[n].shape or [])} {tag}{root}")
         for i, e in enumerate(g.edges):
             op = self.ops[i]
@@ -242,20 +252,35 @@ def _order_free(g: PCGraph) -> list[str]:
     the energy it descends does not depend on any order)."""
     if g.find_cycle() is None:
         return g.topological_order()
+    import heapq
+
+    names = list(g.nodes)
+    pos = {n: k for k, n in enumerate(names)}
+    _, outs = g._adjacency()
     indeg = {n: 0 for n in g.nodes}
     for e in g.edges:
         indeg[e.dst] += len(e.sources)
-    order, placed = [], set()
-    while len(order) < len(g.nodes):
-        ready = [n for n in g.nodes if n not in placed and indeg[n] == 0]
-        n = ready[0] if ready else next(n for n in g.nodes if n not in placed)
+    ready = [pos[n] for n in names if indeg[n] == 0]      # a heap of declaration positions
+    order, placed, first = [], set(), 0
+    while len(order) < len(names):
+        while ready and names[ready[0]] in placed:
+            heapq.heappop(ready)
+        if ready:                        # the first node in declaration order with no pending parent
+            n = names[heapq.heappop(ready)]
+        else:                            # else the first node not placed
+            while names[first] in placed:
+                first += 1
+            n = names[first]
         order.append(n)
         placed.add(n)
-        for e in g.out_edges(n):
+        for e in outs[n]:
             indeg[e.dst] -= e.sources.count(n)
+            if indeg[e.dst] == 0:
+                heapq.heappush(ready, pos[e.dst])
     return order
 
 
+@gc_paused()
 def compile_graph(graph: PCGraph, loss: str | dict = "mse", balance_paths: bool = True,
                   clamped=None) -> CompiledGraph:
     """Lint, balance (unless ``balance_paths=False``: then a node's depth is its *longest*

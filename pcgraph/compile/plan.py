@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..ir.graph import gc_paused
 from .graph import CompiledGraph
 
 
@@ -104,6 +105,7 @@ def _updates_at(update_times, t: int) -> list[int]:
     return [i for i, te in enumerate(update_times) if te == t or te == EVERY]
 
 
+@gc_paused()
 def build_full_plan(cg: CompiledGraph, update_times: list, T: int) -> InferencePlan:
     """Every prediction, error, update and value move at every step: no analysis (rules
     whose learning reads every error every step, such as Fa-Z-IL's phi)."""
@@ -119,8 +121,19 @@ def build_full_plan(cg: CompiledGraph, update_times: list, T: int) -> InferenceP
     return InferencePlan(T, False, list(update_times), steps, full=True)
 
 
+@gc_paused()
 def build_plan(cg: CompiledGraph, update_times: list, c1: bool) -> InferencePlan:
-    """``update_times[i]``: the step at which edge ``i``'s parameters update (None: no params)."""
+    """``update_times[i]``: the step at which edge ``i``'s parameters update (None: no params).
+
+    The sets below are monotone in ``t``, so they are kept as one threshold per node rather
+    than one set per step: hidden errors only ever leave the known zeros (``v`` is in ``Z[t]``
+    iff ``t < zero_until[v]``), values only ever start moving (``v`` moves at ``t`` iff
+    ``t >= moves_from[v]``), and a value read at ``t`` is read at every earlier step (``v`` is in
+    ``need_x[t]`` iff ``t <= needed_until[v]``). The cost is linear in the size of the graph plus
+    the size of the plan, not the number of steps times the number of nodes (an unrolled RNN
+    of thousands of steps has thousands of both)."""
+    from collections import deque
+
     g = cg.graph
     times = [t for t in update_times if isinstance(t, int)]
     T = max(times) if times else 0
@@ -132,62 +145,118 @@ def build_plan(cg: CompiledGraph, update_times: list, c1: bool) -> InferencePlan
         return [p for p in cg.edges[i].sources if cg.role(p) == "hidden"]
 
     hparents = {v: list(dict.fromkeys(p for i in cg.in_edges(v) for p in hsrc(i))) for v in g.nodes}
+    hset = set(hidden)
+    never = T + 1                        # a threshold past the last step
 
-    # forward: known-zero errors Z[t] and values that may move at step t, chg[t]
-    Z: list[set[str]] = [set(hidden) if c1 else set()]
-    chg: list[set[str]] = []
-    for t in range(T + 1):
-        z = Z[t]
-        moving = {v for v in hidden if not (v in z and all(c in z for c in children[v]))}
-        chg.append(moving)
-        Z.append({v for v in z if v not in moving and not any(p in moving for p in hparents[v])})
+    # forward: known-zero errors and moving values. Z[0] = hidden (C1) or nothing;
+    # moving[t] = hidden minus {v in Z[t] whose children are all in Z[t]} (a child that is
+    # not hidden is never a known zero); Z[t+1] = Z[t] minus moving[t] minus the nodes with a
+    # hidden parent in moving[t]. Earliest times by a 0-1 breadth-first search.
+    zero_until = {v: (never if c1 else 0) for v in hidden}     # first t with v not in Z[t]
+    moves_from = {v: never for v in hidden}                      # first t with v in moving[t]
+    hchildren: dict[str, list[str]] = {v: [] for v in hidden}   # v -> hidden nodes it is a hidden parent of
+    for v in hidden:
+        for p in hparents[v]:
+            hchildren[p].append(v)
+    parents_of: dict[str, list[str]] = {v: [] for v in g.nodes}  # c -> hidden v with c in children[v]
+    for v in hidden:
+        for c in children[v]:
+            parents_of[c].append(v)
+    queue: deque = deque()
+    for v in hidden:
+        if zero_until[v] == 0:
+            queue.append(("z", v, 0))
+        if any(c not in hset for c in children[v]):
+            moves_from[v] = 0
+            queue.append(("m", v, 0))
+    while queue:
+        what, v, t = queue.popleft()
+        if what == "z":
+            if zero_until[v] != t:
+                continue
+            if moves_from[v] > t:                        # v not in Z[t]: v moves at t
+                moves_from[v] = t
+                queue.appendleft(("m", v, t))
+            for u in parents_of[v]:                      # so do the hidden nodes v is a child of
+                if moves_from[u] > t:
+                    moves_from[u] = t
+                    queue.appendleft(("m", u, t))
+        else:
+            if moves_from[v] != t or t + 1 >= never:
+                continue
+            for u in [v] + hchildren[v]:                 # v and its hidden children leave Z at t + 1
+                if zero_until[u] > t + 1:
+                    zero_until[u] = t + 1
+                    queue.append(("z", u, t + 1))
 
-    # backward: which errors / predictions / values are needed at each t
-    need_e = [set() for _ in range(T + 2)]
-    need_m = [set() for _ in range(T + 2)]
-    need_x = [set() for _ in range(T + 2)]
+    def in_z(v: str, t: int) -> bool:
+        return v in zero_until and t < zero_until[v]
+
+    upd: dict = {}                       # update time -> edges, in declaration order
+    for i, te in enumerate(update_times):
+        if te is not None:
+            upd.setdefault(te, []).append(i)
+
+    # backward: which errors / predictions / values are needed at each t. need_x[t] contains
+    # need_x[t + 1]; active[t] lists need_x[t + 1] & moving[t] (the values advanced at t)
+    need_e: list[set[str]] = [set() for _ in range(T + 2)]
+    need_m: list[set[str]] = [set() for _ in range(T + 2)]
+    needed_until: dict[str, int] = {}
+    active: list[list[str]] = [[] for _ in range(T + 2)]
     for t in range(T, -1, -1):
-        for i, te in enumerate(update_times):
-            if te == t and cg.edges[i].dst not in Z[t]:
+        entered: list[str] = []
+
+        def need_x(v: str) -> None:
+            if v not in needed_until:
+                needed_until[v] = t
+                entered.append(v)
+
+        for i in upd.get(t, ()):
+            if not in_z(cg.edges[i].dst, t):
                 need_e[t].add(cg.edges[i].dst)
-                need_x[t].update(hsrc(i))
-        for v in need_x[t + 1]:
-            need_x[t].add(v)
-            if v in chg[t]:
-                if v not in Z[t]:
-                    need_e[t].add(v)
-                for i, _ in cg.out_edges(v):
-                    if cg.edges[i].dst not in Z[t]:
-                        need_e[t].add(cg.edges[i].dst)
-                        need_x[t].update(hsrc(i))      # the VJP reads every source of the edge
+                for p in hsrc(i):
+                    need_x(p)
+        for v in active[t]:
+            if not in_z(v, t):
+                need_e[t].add(v)
+            for i, _ in cg.out_edges(v):
+                if not in_z(cg.edges[i].dst, t):
+                    need_e[t].add(cg.edges[i].dst)
+                    for p in hsrc(i):                    # the VJP reads every source of the edge
+                        need_x(p)
         for c in need_e[t]:
-            if c not in Z[t]:
+            if not in_z(c, t):
                 need_m[t].add(c)
                 if cg.role(c) == "hidden":
-                    need_x[t].add(c)
+                    need_x(c)
         for c in need_m[t]:
-            need_x[t].update(hparents[c])
+            for p in hparents[c]:
+                need_x(p)
+        for v in entered:                                # v in need_x[t'] for t' <= t
+            for tt in range(t - 1, moves_from[v] - 1, -1):
+                active[tt].append(v)
 
     # forward again: emit the steps, recomputing mu / eps only when stale
+    pos = {v: k for k, v in enumerate(cg.order)}
+    noninput_set = set(noninput)
     stale_m = {c: (not c1) and bool(hparents[c]) for c in noninput}
     stale_e = {c: True for c in noninput}
     steps: list[Step] = []
     for t in range(T + 1):
         s = Step(t)
-        for c in noninput:
+        for c in sorted((need_m[t] | need_e[t]) & noninput_set, key=pos.__getitem__):
             if c in need_m[t] and stale_m[c]:
                 s.mu.append(c)
                 stale_m[c] = False
                 stale_e[c] = True
-            if c in need_e[t] and c not in Z[t] and stale_e[c]:
+            if c in need_e[t] and not in_z(c, t) and stale_e[c]:
                 s.eps.append(c)
                 stale_e[c] = False
-        s.updates = [i for i, te in enumerate(update_times) if te == t and cg.edges[i].dst not in Z[t]]
+        s.updates = [i for i in upd.get(t, ()) if not in_z(cg.edges[i].dst, t)]
         if t < T:
-            for v in hidden:
-                if v in chg[t] and v in need_x[t + 1]:
-                    fb = [(i, k) for i, k in cg.out_edges(v) if cg.edges[i].dst not in Z[t]]
-                    s.advance.append(Advance(v, v not in Z[t], fb))
+            for v in sorted(active[t], key=pos.__getitem__):
+                fb = [(i, k) for i, k in cg.out_edges(v) if not in_z(cg.edges[i].dst, t)]
+                s.advance.append(Advance(v, not in_z(v, t), fb))
             for a in s.advance:
                 stale_e[a.node] = True
                 for c in children[a.node]:

@@ -50,6 +50,7 @@ from __future__ import annotations
 import inspect
 import math
 import os
+import pickle
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +58,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..errors import DataError
+from ..errors import DataError, unpickling_reason
 from ..registry import Registry
 
 
@@ -94,7 +95,13 @@ DATASETS: Registry[Callable[..., Splits]] = Registry("dataset")
 
 
 def data_root(root: str | None) -> str | None:
-    return root or os.environ.get("PCGRAPH_DATA") or None
+    """The offline root: ``root`` (``data.root``), else ``$PCGRAPH_DATA``, else None."""
+    if root is not None and not isinstance(root, (str, os.PathLike)):
+        raise DataError(f"expected a folder path (a string), got {root!r}", "data.root")
+    root = os.fspath(root) if root else os.environ.get("PCGRAPH_DATA") or None
+    if root is not None and "\0" in root:
+        raise DataError(f"a folder path cannot hold a NUL character, got {root!r}", "data.root")
+    return root
 
 
 def _cache_dir() -> Path:
@@ -129,10 +136,24 @@ def _writable_root(root: str, folder: str, archive: str | None = None) -> str:
         return root
     dst_root = _cache_dir()
     dst = dst_root / folder
-    for f in src.rglob("*"):
+    for f in (src / "raw").rglob("*"):     # raw files only: never a processed/ file of someone else's
         if f.is_file():
             _copy_file(f, dst / f.relative_to(src))
     return str(dst_root)
+
+
+def _offline_missing(root: str, cls: Any, folder: str, archive: str | None) -> str | None:
+    """What ``root`` lacks to serve torchvision's ``cls`` offline (None: nothing). A failed
+    load creates nothing outside the cache, so this is asked before torchvision runs."""
+    base = Path(root)
+    if not base.is_dir():
+        return f"the data root {root} is not a folder"
+    if archive is not None:
+        return None if (base / folder).is_dir() or (base / archive).is_file() else "no such files"
+    raw = base / folder / "raw"
+    names = [os.path.basename(f) for f, _ in getattr(cls, "resources", ())]
+    lacking = [n for n in names if not (raw / n).is_file() and not (raw / n.removesuffix(".gz")).is_file()]
+    return f"{raw} has no {', '.join(lacking)}" if lacking else None
 
 
 def image_tensors(data: Any, targets: Any, channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,6 +182,10 @@ def _torchvision(cls_name: str, folder: str, num_classes: int, channels_last: bo
         cls = getattr(torchvision.datasets, cls_name)
         root = data_root(root)
         online = root is None
+        missing = None if online else _offline_missing(root, cls, folder, archive)
+        if missing:     # before torchvision, which makes <root>/<folder>/raw (or root) to download into
+            raise DataError(f"cannot load {cls_name}: {missing} (looked in {root}/{folder}, expected {layout})",
+                            "data.dataset")
         base = root or str(_cache_dir())
         base = _writable_root(base, folder, archive) if not online else base
         try:
@@ -169,10 +194,18 @@ def _torchvision(cls_name: str, folder: str, num_classes: int, channels_last: bo
         except Exception as exc:  # torchvision raises RuntimeError/URLError/OSError
             hint = ("set data.root or PCGRAPH_DATA to a folder with torchvision's layout "
                     f"({layout})" if online else f"looked in {base}/{folder}, expected {layout}")
-            raise DataError(f"cannot load {cls_name}: {type(exc).__name__}: {exc} ({hint})",
-                            "data.dataset") from None
-        tx, ty = image_tensors(train.data, train.targets, channels_last)
-        vx, vy = image_tensors(test.data, test.targets, channels_last)
+            if isinstance(exc, pickle.UnpicklingError):     # MNIST's legacy processed/*.pt: weights_only
+                why = (f"{base}/{folder}/processed/ (torchvision's legacy cache, read before raw/) holds "
+                       f"objects other than tensors: {unpickling_reason(exc)}")
+            else:
+                why = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+            raise DataError(f"cannot load {cls_name}: {why} ({hint})", "data.dataset") from None
+        try:
+            tx, ty = image_tensors(train.data, train.targets, channels_last)
+            vx, vy = image_tensors(test.data, test.targets, channels_last)
+        except (TypeError, ValueError, RuntimeError) as exc:   # (a legacy processed/*.pt of other tensors)
+            raise DataError(f"cannot load {cls_name}: {base}/{folder} holds no image arrays "
+                            f"({type(exc).__name__}: {' '.join(str(exc).split())})", "data.dataset") from None
         return Splits(cls_name, tx, ty, vx, vy, num_classes)
 
     load.__doc__ = f"torchvision's {cls_name} (offline root layout: {layout})."
@@ -181,9 +214,35 @@ def _torchvision(cls_name: str, folder: str, num_classes: int, channels_last: bo
 
 DATASETS.add("mnist", _torchvision("MNIST", "MNIST", 10))
 DATASETS.add("fashion_mnist", _torchvision("FashionMNIST", "FashionMNIST", 10))
-DATASETS.add("cifar10", _torchvision(
-    "CIFAR10", "cifar-10-batches-py", 10, channels_last=True, archive="cifar-10-python.tar.gz",
-    layout="cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta} or cifar-10-python.tar.gz"))
+_CIFAR10_LAYOUT = "cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta} or cifar-10-python.tar.gz"
+_cifar10_torchvision = _torchvision("CIFAR10", "cifar-10-batches-py", 10, channels_last=True,
+                                    archive="cifar-10-python.tar.gz", layout=_CIFAR10_LAYOUT)
+
+
+@DATASETS.register("cifar10")
+def _cifar10(root: str | None) -> Splits:
+    """torchvision's CIFAR10 (offline root layout: cifar-10-batches-py/{data_batch_1..5,
+    test_batch,batches.meta} or cifar-10-python.tar.gz). Without a copy and without a network
+    the error is one line that says what to do: the files to place and where, or the
+    generated stand-in (``--set data.dataset=cifar10_synthetic``)."""
+    where = data_root(root)         # (a malformed root is its own error)
+    try:
+        return _cifar10_torchvision(root)
+    except DataError as err:
+        if err.where != "data.dataset":
+            raise
+        cause = err.__context__     # torchvision's exception, when torchvision ran
+        why = (f"{type(cause).__name__}: {(str(cause).splitlines() or [''])[0]}".rstrip(": ")
+               if cause is not None else "no such files")
+        files = ("cifar-10-python.tar.gz (or its extracted cifar-10-batches-py/{data_batch_1..5,"
+                 "test_batch,batches.meta})")
+        if where is None:
+            found = f"no offline copy named; download: {why}"
+            place = f"place {files} in a folder and name it by data.root or PCGRAPH_DATA"
+        else:
+            found, place = f"looked in {where}/cifar-10-batches-py: {why}", f"place {files} in {where}"
+        raise DataError(f"cannot load CIFAR10 ({found}): {place}, or train on the generated stand-in: "
+                        "--set data.dataset=cifar10_synthetic", "data.dataset") from None
 
 
 @DATASETS.register("digits")
@@ -205,9 +264,24 @@ def _digits(root: str | None) -> Splits:
 
 # ---- synthetic datasets (generated from a seed, no files) ------------------------------------
 
-def _int_option(value: Any, name: str, minimum: int = 1) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise DataError(f"expected an integer >= {minimum}, got {value!r}", f"data.options.{name}")
+#: a dataset's ``seed`` option: ``2 * seed + split`` must fit ``torch.Generator.manual_seed``
+#: (the spec's own seed has the same bound)
+MAX_SEED = 2 ** 62
+#: sizes and lengths of generated datasets (a tensor dimension; memory is checked elsewhere)
+MAX_SIZE = 2 ** 31 - 1
+
+
+def _show(value: Any) -> str:
+    """``repr(value)``, an integer too long to print (Python refuses past 4300 digits) by its size."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return f"an integer of {value.bit_length()} bits"
+    return repr(value)
+
+
+def _int_option(value: Any, name: str, minimum: int = 1, maximum: int = MAX_SIZE) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= maximum:
+        top = "2**62 - 1" if maximum == MAX_SEED - 1 else f"{maximum}"
+        raise DataError(f"expected an integer >= {minimum} and <= {top}, got {_show(value)}", f"data.options.{name}")
     return value
 
 
@@ -248,7 +322,7 @@ def _adding(root: str | None = None, *, length: int = 20, train_size: int = 1000
     length = _int_option(length, "length", 2)
     train_size, test_size = _int_option(train_size, "train_size"), _int_option(test_size, "test_size")
     per_step = _bool_option(per_step, "per_step")
-    seed = _int_option(seed, "seed", 0)
+    seed = _int_option(seed, "seed", 0, MAX_SEED - 1)
     tx, ty = adding_problem(train_size, length, _generator(seed, 0), per_step)
     vx, vy = adding_problem(test_size, length, _generator(seed, 1), per_step)
     return Splits("adding", tx, ty, vx, vy, None, length if per_step else None)
@@ -306,7 +380,7 @@ def _cifar10_synthetic(root: str | None = None, *, train_size: int = 2000, test_
     Options (``data.options``): ``train_size`` (2000), ``test_size`` (500), ``seed`` (0).
     """
     train_size, test_size = _int_option(train_size, "train_size"), _int_option(test_size, "test_size")
-    seed = _int_option(seed, "seed", 0)
+    seed = _int_option(seed, "seed", 0, MAX_SEED - 1)
     tx, ty = image_tensors(*synthetic_cifar(train_size, _generator(seed, 0)), channels_last=True)
     vx, vy = image_tensors(*synthetic_cifar(test_size, _generator(seed, 1)), channels_last=True)
     return Splits("cifar10_synthetic", tx, ty, vx, vy, 10)
@@ -324,6 +398,10 @@ def load_dataset(name: str, root: str | None = None, train_subset: int | None = 
                  test_subset: int | None = None, options: dict | None = None) -> Splits:
     """Load dataset ``name``; ``options`` are its own parameters (``data.options``)."""
     loader = DATASETS.get(name, "data.dataset")
+    data_root(root)     # a root of the wrong type is an error even for a dataset that needs no files
+    for what, k in (("train_subset", train_subset), ("test_subset", test_subset)):
+        if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 0):
+            raise DataError(f"expected a positive integer, got {_show(k)}", f"data.{what}")
     options = dict(options or {})
     known = dataset_options(name)
     for k in options:

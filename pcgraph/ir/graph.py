@@ -11,7 +11,9 @@ with the YAML a user wrote. Passes keep what they derive in ``meta``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import gc
 import math
 import re
 from dataclasses import dataclass, field
@@ -133,6 +135,91 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")
 NAME_RULE = "letters, digits, '_' and '-' (not starting with '-')"
 
 
+_ATOMS = (str, int, float, bool, type(None))
+
+
+@contextlib.contextmanager
+def gc_paused():
+    """Hold off Python's cyclic garbage collector while a pass builds many small objects
+    that stay alive (the nodes, edges, ops and plans of a long unrolled graph): each
+    collection it would trigger walks every object of the process, torch's included, which
+    made compiling such a graph 2-3x slower. Reference counting still frees
+    everything as usual; the collector resumes (if it ran before) when the pass ends."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _copy_value(v, memo: dict):
+    """``copy.deepcopy(v, memo)``, without its machinery for atoms and flat containers."""
+    t = type(v)
+    if t in _ATOMS:
+        return v
+    if t is tuple and all(type(x) in _ATOMS for x in v):
+        return v
+    hit = memo.get(id(v))
+    if hit is not None:
+        return hit
+    if t is dict and all(type(k) in _ATOMS and type(x) in _ATOMS for k, x in v.items()):
+        new = dict(v)
+    elif t is list and all(type(x) in _ATOMS for x in v):
+        new = list(v)
+    else:
+        return copy.deepcopy(v, memo)
+    memo[id(v)] = new
+    return new
+
+
+def _frozen(v):
+    """A hashable key for an options value that tells apart what parsing tells apart
+    (``1``, ``1.0`` and ``True``; a list and a tuple); TypeError for anything else."""
+    t = type(v)
+    if t in _ATOMS:
+        return t, v
+    if t in (list, tuple):
+        return t, tuple(_frozen(x) for x in v)
+    if t is dict:
+        return t, tuple((type(k), k, type(x), x) if type(k) in _ATOMS and type(x) in _ATOMS
+                        else (_frozen(k), _frozen(x)) for k, x in v.items())
+    raise TypeError(t)
+
+
+#: ``(op class, options) -> parsed options``: an edge's options are parsed (and checked) once,
+#: not at each of the passes that build its op (a parse is far slower than the op itself)
+_PARSED: dict = {}
+
+
+def _parse_options(op_cls, options: dict, where: str):
+    try:
+        key = (op_cls, op_cls.Options, _frozen(options))
+    except TypeError:
+        return op_cls.parse_options(options, where)
+    opts = _PARSED.get(key)
+    if opts is None:
+        opts = op_cls.parse_options(options, where)
+        if len(_PARSED) >= 1 << 16:
+            _PARSED.clear()
+        _PARSED[key] = opts
+    return opts
+
+
+def _copy_item(obj, memo: dict):
+    """A deep copy of a :class:`ValueNode` or :class:`Edge` (anything else: ``deepcopy``)."""
+    if type(obj) not in (ValueNode, Edge):
+        return copy.deepcopy(obj, memo)
+    hit = memo.get(id(obj))
+    if hit is not None:
+        return hit
+    new = object.__new__(type(obj))
+    memo[id(obj)] = new
+    new.__dict__.update({k: v if type(v) in _ATOMS else _copy_value(v, memo) for k, v in obj.__dict__.items()})
+    return new
+
+
 def check_name(name, where: str, what: str) -> None:
     if not isinstance(name, str) or not name:
         raise SpecError(f"{what} must be a non-empty string, got {name!r}", where)
@@ -198,20 +285,54 @@ class PCGraph:
                             f"got {len(acts)}: {list(acts)}", f"{where}.activation")
         for k, a in enumerate(acts):
             ACTIVATIONS.get(a, f"{where}.activation" + (f"[{k}]" if isinstance(edge.activation, tuple) else ""))
-        check_options(op_cls, edge.options, where, common=EDGE_KEYS)
+        try:                            # (parsed once per distinct value: see _parse_options)
+            _parse_options(op_cls, edge.options, where)
+        except SpecError:               # the message that also names the edge's own keys
+            check_options(op_cls, edge.options, where, common=EDGE_KEYS)
+            raise
         if edge.bias and not op_cls.supports_bias:
             raise SpecError(f"op {edge.op!r} has no bias (use bias: false)", f"{where}.bias")
         self.edges.append(edge)
         return edge
 
     def copy(self) -> "PCGraph":
-        return copy.deepcopy(self)
+        """A deep copy (as ``copy.deepcopy``), with a fast path for the nodes and edges: a
+        long unrolled graph holds tens of thousands of small dataclasses and dicts."""
+        memo: dict = {}
+        new = self.__class__.__new__(self.__class__)
+        for k, v in self.__dict__.items():
+            if k == "nodes":
+                new.nodes = {name: _copy_item(n, memo) for name, n in v.items()}
+            elif k == "edges":
+                new.edges = [_copy_item(e, memo) for e in v]
+            elif k != "_pos":            # (a cache of positions, rebuilt on demand)
+                new.__dict__[k] = copy.deepcopy(v, memo)
+        return new
 
     # ---- queries ----------------------------------------------------------------------
     def where_edge(self, edge: Edge) -> str:
         """The spec path of an edge: ``model.edges[i]``, or the construct that generated it
         (``meta['where']``, e.g. ``model.unroll[0]``)."""
-        return edge.meta.get("where") or f"model.edges[{self.edges.index(edge)}]"
+        if edge.meta.get("where"):
+            return edge.meta["where"]
+        i = self._edge_index(edge)
+        if i is None:
+            raise ValueError(f"{edge.label} is not an edge of this graph")
+        return f"model.edges[{i}]"
+
+    def _edge_index(self, edge: Edge) -> int | None:
+        """Position of ``edge`` itself in ``edges``, else of the first edge equal to it (None:
+        no such edge). O(1) for an edge of the list (``edges.index`` compares every edge field
+        by field, which made locating each edge of a long graph quadratic): a cache of
+        positions by identity, checked on every hit and rebuilt on a miss."""
+        pos = self.__dict__.get("_pos")
+        i = pos.get(id(edge)) if pos is not None else None
+        if i is None or i >= len(self.edges) or self.edges[i] is not edge:
+            self._pos = pos = {id(e): k for k, e in reversed(list(enumerate(self.edges)))}
+            i = pos.get(id(edge))
+        if i is None:
+            i = next((k for k, e in enumerate(self.edges) if e == edge), None)
+        return i
 
     def where_node(self, name: str) -> str:
         return self.nodes[name].meta.get("where") or f"model.nodes[{list(self.nodes).index(name)}]"
@@ -247,22 +368,38 @@ class PCGraph:
     def children(self, name: str) -> list[str]:
         return list(dict.fromkeys(e.dst for e in self.out_edges(name)))
 
+    def _adjacency(self) -> tuple[dict[str, list[Edge]], dict[str, list[Edge]]]:
+        """``(ins, outs)``: :meth:`in_edges` and :meth:`out_edges` of every node at once, in
+        one pass over the edges (the passes below use it rather than scanning every edge once
+        per node, which is quadratic in the size of the graph)."""
+        ins: dict[str, list[Edge]] = {n: [] for n in self.nodes}
+        outs: dict[str, list[Edge]] = {n: [] for n in self.nodes}
+        for e in self.edges:
+            ins.setdefault(e.dst, []).append(e)
+            for s in dict.fromkeys(e.sources):
+                outs.setdefault(s, []).append(e)
+        return ins, outs
+
     def topological_order(self) -> list[str]:
         """Kahn's algorithm over in-degrees, ties broken by declaration order."""
+        from collections import deque
+
+        _, outs = self._adjacency()
         indeg = {n: 0 for n in self.nodes}
         for e in self.edges:
             indeg[e.dst] += len(e.sources)
-        ready = [n for n in self.nodes if indeg[n] == 0]
+        ready = deque(n for n in self.nodes if indeg[n] == 0)
         order: list[str] = []
         while ready:
-            n = ready.pop(0)
+            n = ready.popleft()
             order.append(n)
-            for e in self.out_edges(n):
+            for e in outs[n]:
                 indeg[e.dst] -= e.sources.count(n)
                 if indeg[e.dst] == 0:
                     ready.append(e.dst)
         if len(order) != len(self.nodes):
-            cycle = self._find_cycle({n for n in self.nodes if n not in order})
+            placed = set(order)
+            cycle = self._find_cycle({n for n in self.nodes if n not in placed})
             raise GraphError(f"the graph has a cycle: {' -> '.join(cycle)} "
                              "(a PC graph must be acyclic; unroll recurrences over time)", "model.edges")
         return order
@@ -324,7 +461,9 @@ class PCGraph:
     def _find_cycle(self, candidates: set[str]) -> list[str]:
         """Every node Kahn could not order has a predecessor that it could not order either,
         so walking predecessors from any of them must come back to a node on a cycle."""
-        pred = {n: [p for p in self.parents(n) if p in candidates] for n in candidates}
+        ins, _ = self._adjacency()
+        pred = {n: [p for p in dict.fromkeys(p for e in ins[n] for p in e.sources) if p in candidates]
+                for n in candidates}
         start = next(n for n in self.nodes if n in candidates)
         path, seen = [start], {start: 0}
         while True:
@@ -342,16 +481,18 @@ class PCGraph:
         :meth:`lint` first, which rejects nodes that reach none.
         """
         dist: dict[str, tuple[int, int]] = {}
+        _, outs = self._adjacency()
         for n in reversed(self.topological_order()):
             if self.nodes[n].role == "output":
                 dist[n] = (0, 0)
                 continue
-            ds = [dist[c] for c in self.children(n) if c in dist]
+            ds = [dist[c] for c in dict.fromkeys(e.dst for e in outs[n]) if c in dist]
             if ds:
                 dist[n] = (1 + min(d[0] for d in ds), 1 + max(d[1] for d in ds))
         return dist
 
     # ---- validation -----------------------------------------------------------------
+    @gc_paused()
     def lint(self, clamped: Iterable[str] | None = None) -> None:
         """Check every invariant of a trainable PC graph; raise a located GraphError.
 
@@ -405,8 +546,9 @@ class PCGraph:
                                      "target while learning and must not feed other nodes "
                                      "(add a hidden node before it and take the branch from there)",
                                      self._at(i, "from"))
+        has_in = {e.dst for e in self.edges}
         for n, v in self.nodes.items():
-            if v.prior is not None and self.in_edges(n):
+            if v.prior is not None and n in has_in:
                 raise GraphError(f"node {n!r} has a prior but also incoming edges; a prior is the energy of "
                                  "a root (a latent with no parents)", self.where_node(n) + ".prior")
         if explicit:
@@ -419,7 +561,7 @@ class PCGraph:
                                      "energy; connect it or remove it", self.where_node(n))
         else:
             for n, v in self.nodes.items():
-                if v.role != "input" and not self.in_edges(n):
+                if v.role != "input" and n not in has_in:
                     raise GraphError(f"node {n!r} has no incoming edge (only inputs may be sources; "
                                      "a free latent root needs a spec 'clamp:' section)", self.where_node(n))
             reach = self._reaching(set(self.outputs))
@@ -434,17 +576,20 @@ class PCGraph:
         """Fill in omitted shapes from ops that imply them; check every edge's shapes (in
         topological order; on a cyclic graph, in declaration order, shapes on a cycle given)."""
         order = self.topological_order() if self.find_cycle() is None else list(self.nodes)
+        ins: dict[str, list[tuple[int, Edge]]] = {n: [] for n in self.nodes}
+        for i, e in enumerate(self.edges):
+            ins.setdefault(e.dst, []).append((i, e))
         for n in order:
             node = self.nodes[n]
-            for e in self.in_edges(n):
-                where = self.where_edge(e)
+            for i, e in ins[n]:
+                where = e.meta.get("where") or f"model.edges[{i}]"
                 for src in e.sources:
                     if self.nodes[src].shape is None:
                         raise GraphError(f"the shape of node {src!r} is unknown; give it a shape",
                                          self.where_node(src))
                 src_shapes = [self.nodes[s].shape for s in e.sources]
                 op_cls = OPS.get(e.op)
-                opts = op_cls.parse_options(e.options, where)
+                opts = _parse_options(op_cls, e.options, where)
                 msg = op_cls.check_sources(src_shapes, opts)
                 if msg:
                     raise GraphError(msg, where)
@@ -465,7 +610,8 @@ class PCGraph:
 
     def make_op(self, e: Edge):
         op_cls = OPS.get(e.op)
-        opts = op_cls.parse_options(e.options, self.where_edge(e) if e in self.edges else "model.edges")
+        opts = _parse_options(op_cls, e.options, self.where_edge(e) if self._edge_index(e) is not None
+                              else "model.edges")
         return op_cls([self.nodes[s].shape for s in e.sources], self.nodes[e.dst].shape, e.bias, opts)
 
     def _check_shared_params(self) -> None:

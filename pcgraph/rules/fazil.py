@@ -80,6 +80,13 @@ at ``t = depth`` and never on a non-zero error elsewhere), ``false_fires`` (fire
 non-zero error at any other step: each one is a wrong update). ``success_rate`` is the
 fraction of neurons that learned exactly among those that should have learned or
 learned wrongly (a misfire lowers it even where BP's delta is 0).
+
+No value is read back to the host inside a step beyond the reported loss (no sync on an
+accelerator): the wave's gate is known from the graph; phi's is a mask whose updates are
+kept by ``torch.where`` where a node fired (:class:`PhiKernel`; on a CPU, where a read costs
+nothing and computing the updates of the steps that do not fire does, it reads the mask and
+skips them, the same numbers); the counts are summed on the device and come back when
+``stats`` is read.
 """
 
 from __future__ import annotations
@@ -129,7 +136,11 @@ class DetectionStats:
 
 
 class TriggeredKernel(PCKernel):
-    """The PC kernel with Fa-Z-IL's gate on ``learn_signal`` (and its bookkeeping)."""
+    """The PC kernel with Fa-Z-IL's gate on ``learn_signal`` (and its bookkeeping).
+
+    Nothing is read back to the host inside a step: the wave's gate is a bit known from the
+    graph, phi's a tensor mask (:class:`PhiKernel`), and the detection counts are summed on the
+    device and added to :attr:`stats` when it is read (one read for any number of steps)."""
 
     def __init__(self, net, objective, gamma: float, trigger: str, t_d: int):
         super().__init__(net, objective, gamma)
@@ -137,7 +148,17 @@ class TriggeredKernel(PCKernel):
         self.trigger, self.t_d = trigger, t_d
         self.learners = {cg.edges[i].dst for i in range(len(cg.edges)) if cg.has_params(i)}
         self.children = {v: {cg.edges[i].dst for i, _ in cg.out_edges(v)} for v in cg.order}
-        self.stats = DetectionStats()
+        self.dst = [e.dst for e in cg.edges]
+        self._stats = DetectionStats()
+        #: counts taken on the device, not yet in ``_stats``: the event-driven path's (0-dim
+        #: integer tensors in ``_counts``, summed every ``_FOLD`` into the int64 ``_pending_n``;
+        #: each adds to expected, detected and judged) and the full path's four (int64 ``[4]``
+        #: in ``_FIELDS`` order); None: nothing pending
+        self._counts: list[torch.Tensor] = []
+        self._pending_n: torch.Tensor | None = None
+        self._pending_full: torch.Tensor | None = None
+        #: the event-driven path's small errors of this run, counted together at :meth:`finish`
+        self._small: list[torch.Tensor] = []
         #: the wave's spike time of every node it reaches (outputs 0, a node one step after
         #: its first child): a function of the graph alone, see :func:`spike_times`
         self.spike = spike_times(cg)
@@ -145,16 +166,42 @@ class TriggeredKernel(PCKernel):
         #: spike arrives at step ``t``); None: the trigger is evaluated from the values
         self.fires_at: list[list[str]] | None = None
 
+    @property
+    def stats(self) -> DetectionStats:
+        """The detection counts, with those still on the device added (a host sync, once per
+        read: never inside a step)."""
+        self._fold_counts()
+        for name in ("_pending_n", "_pending_full"):
+            pending = getattr(self, name)
+            if pending is None:
+                continue
+            setattr(self, name, None)
+            counts = pending.tolist()
+            if name == "_pending_n":
+                counts = [counts, counts, counts, 0]
+            for field, n in zip(_FIELDS, counts):
+                setattr(self._stats, field, getattr(self._stats, field) + n)
+        return self._stats
+
+    def _fold_counts(self) -> None:
+        """Sum the pending 0-dim counts into ``_pending_n`` (one op for many steps' counts)."""
+        counts, self._counts = self._counts, []
+        if not counts:
+            return
+        total = torch.stack([n.to(torch.int64) for n in counts]).sum()
+        self._pending_n = total if self._pending_n is None else self._pending_n.add_(total)
+
     def begin(self, phase: str, shapes: dict[str, tuple] | None) -> None:
         self.phase = phase
-        self.gate: dict[str, torch.Tensor] = {}
-        dev = self.net.device
-        if self.fires_at is not None:       # the wave, event-driven: one count per learner
-            if phase == "predict":
-                self.n_expected = []
+        self.gate: dict[str, torch.Tensor | bool] = {}
+        if self.fires_at is not None:       # the wave, event-driven: one count per run
+            self._small = []
             return
+        dev = self.net.device
         if phase == "predict":
             self.rest = {v: torch.zeros(shapes[v], device=dev, dtype=torch.long) for v in shapes}
+            #: steps observed since the prediction phase began: ``rest`` is at most this
+            self.age = 0
             self.spiked: dict[str, int] = {}
             self.expected = {v: torch.zeros(shapes[v], device=dev, dtype=torch.bool) for v in self.learners}
             self.right = {v: torch.zeros(shapes[v], device=dev, dtype=torch.bool) for v in self.learners}
@@ -166,11 +213,15 @@ class TriggeredKernel(PCKernel):
             self._observe_wave(t, eps)
             return
         cg, learning = self.cg, self.phase == "learn"
-        self.gate = {}
+        self.gate, self.fire_any = {}, {}
+        # phi fires where rest >= t_d, and rest counts zero steps since the prediction phase
+        # began: none can fire before t_d steps have passed (known without reading a value)
+        can_fire = self.age >= self.t_d
+        self.age += 1
         for v in computed:
             nonzero = eps[v] != 0
             if self.trigger == "phi":
-                fire = nonzero & (self.rest[v] >= self.t_d)
+                fire = (nonzero & (self.rest[v] >= self.t_d)) if can_fire else None
                 self.rest[v] = torch.where(nonzero, torch.zeros_like(self.rest[v]), self.rest[v] + 1)
             else:
                 fire = None
@@ -178,7 +229,7 @@ class TriggeredKernel(PCKernel):
                         (t == 0 and cg.role(v) == "output")
                         or any(self.spiked.get(c) == t - 1 for c in self.children[v])):
                     self.spiked[v] = t
-                    fire = torch.ones((), dtype=torch.bool, device=nonzero.device)
+                    fire = True     # the spike: one bit for the whole node, from the graph alone
             if v not in self.learners:
                 continue
             at_depth = learning and t == cg.depth[v]
@@ -192,94 +243,165 @@ class TriggeredKernel(PCKernel):
                 bad = fire & nonzero
                 self.wrong[v] |= bad
                 self.n_false += bad.sum()
-            if bool(fire.any()):
-                self.gate[v] = fire
+            self.gate[v] = fire
+            if fire is not True:        # phi: whether any entry fires, on the device (PhiKernel)
+                self.fire_any[v] = fire.any()
+
+    def fired(self, v: str) -> torch.Tensor:
+        """Whether node ``v`` fired anywhere in this run (phi: every fire is on a non-zero
+        error, so it is in ``right`` or ``wrong``), on the device."""
+        return (self.right[v] | self.wrong[v]).any()
 
     def _observe_wave(self, t, eps):
         """The wave trigger on the event-driven path (learning phase): the learners whose
-        spike arrives now fire, each with its whole error (the spike is one bit per node).
+        spike arrives now fire, each with its whole error (the spike is one bit per node: the
+        plan updates an edge only then, and :meth:`learn_signal` passes the error on).
         Statistics as :meth:`observe` counts them: a spike arrives only at ``t = depth``
         (checked when the rule is built), so every non-zero error there is detected and
         none is a false fire."""
-        self.gate = {}
-        if self.phase != "learn" or t >= len(self.fires_at):
+        fires_at = self.fires_at
+        if t >= len(fires_at) or self.phase != "learn":
             return
-        for v in self.fires_at[t]:
-            self.gate[v] = True
+        for v in fires_at[t]:
             e = eps.get(v)
             if e is None:           # (absent: never computed, exactly 0)
                 continue
-            if _countable(e) and e.numel() >= 2 ** 14:
-                # counted now, while the error is in cache (small ones together at the end)
-                self.n_expected.append((e, _indicator_sum(e)))
-            else:
-                self.n_expected.append(e)
+            if e.numel() >= _BIG:   # counted now, while the error is in cache
+                self._counts.append(_nonzero(e))
+            else:                   # small ones together at the end
+                self._small.append(e)
+
+    def batched_param_vjp(self, i, signals, inputs, scale):
+        """:meth:`PCKernel.batched_param_vjp`, whose stacked errors are also counted where they
+        are learners' errors not counted yet (an unrolled RNN's steps: one buffer for both)."""
+        s = torch.cat(list(signals)) if len(signals) > 1 else signals[0]
+        u = torch.cat(list(inputs)) if len(inputs) > 1 else inputs[0]
+        small = self._small
+        if len(signals) > 1 and len(small) >= len(signals):
+            ids = {id(e) for e in signals}
+            if len(ids) == len(signals) and ids <= {id(e) for e in small}:
+                self._counts.append(_nonzero(s))
+                self._small = [e for e in small if id(e) not in ids]
+        return self._dense_update(i, s, u, scale)
 
     def learn_signal(self, i, t, eps_c):
-        fire = self.gate.get(self.cg.edges[i].dst)
-        if fire is None:
-            return None
-        return eps_c if fire is True or fire.dim() == 0 else eps_c * fire
+        if self.fires_at is not None:   # the plan updates edge i only at its node's spike
+            return eps_c
+        return eps_c if self.gate.get(self.dst[i]) is True else None    # (the wave: the bit)
 
     def finish(self) -> None:
-        st = self.stats
         if self.fires_at is not None:
-            n = _count_nonzero(self.n_expected)
-            self.n_expected = []
-            st.expected += n
-            st.detected += n
-            st.judged += n
+            small, self._small = self._small, []
+            if small:
+                self._counts.extend(_nonzero_counts(small))
+                if len(self._counts) >= _FOLD:
+                    self._fold_counts()
             return
-        for v in self.learners:
-            exp, wrong = self.expected[v], self.wrong[v]
-            st.expected += int(exp.sum())
-            st.detected += int((exp & self.right[v] & ~wrong).sum())
-            st.judged += int((exp | wrong).sum())
-        st.false_fires += int(self.n_false)
-
-
-def _indicator_sum(e: torch.Tensor) -> torch.Tensor:
-    """``sum(ceil(min(|e|, 1)))``: the number of non-zero entries of ``e`` as a float (exact
-    below 2**24 entries), NaN if ``e`` has one. Branch-free, unlike ``count_nonzero``, which
-    branches per entry (slow on errors that are half zeros, relu's)."""
-    return e.abs().clamp_(max=1).ceil_().sum()
-
-
-def _countable(e: torch.Tensor) -> bool:
-    return e.is_floating_point() and e.numel() < 2 ** 24
-
-
-def _count_nonzero(items: list) -> int:
-    """The number of non-zero entries in the tensors ``items`` (each a tensor, or a pair
-    ``(tensor, its _indicator_sum)`` taken earlier). Small tensors are counted together (one
-    buffer: four passes in all rather than four ops each); ``count_nonzero`` where the
-    indicator is not exact (a NaN somewhere, huge tensors)."""
-    tensors, sums, small, rest = [], [], {}, []
-    for it in items:
-        if isinstance(it, tuple):
-            tensors.append(it[0])
-            sums.append(it[1])
-            continue
-        tensors.append(it)
-        if not _countable(it):
-            rest.append(it)
-        elif it.numel() < 2 ** 14:
-            small.setdefault((it.dtype, it.device), []).append(it.reshape(-1))
+        learners = sorted(self.learners)
+        exp = [self.expected[v] for v in learners]
+        counts = [[e.sum() for e in exp],
+                  [(e & self.right[v] & ~self.wrong[v]).sum() for e, v in zip(exp, learners)],
+                  [(e | self.wrong[v]).sum() for e, v in zip(exp, learners)]]
+        vec = torch.stack([torch.stack(c).sum() for c in counts] + [self.n_false])
+        if self._pending_full is None:
+            self._pending_full = vec
         else:
-            sums.append(_indicator_sum(it))
+            self._pending_full.add_(vec)
+
+
+class PhiKernel(TriggeredKernel):
+    """Song's ``phi``: a mask per error entry, applied without reading it on the host. At
+    every step where an entry could fire, each learner's update is computed from its masked
+    error and added where some entry of its node fired (``torch.where`` on the device), as
+    ``-0.0`` elsewhere, which leaves every sum bit for bit as it was (``x + -0.0 == x`` for
+    every float, NaN and infinities included): the sums are those of the steps that fired,
+    whatever the others computed (``0 * inf`` is NaN). A group none of whose nodes fired in
+    the whole run is dropped by the rule (its ``grad`` untouched).
+
+    ``read_gate`` (default: on a CPU, where reading a value is no sync and the updates of the
+    steps that do not fire are the cost): read whether a node fires and skip its update where
+    none does, the same numbers."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.read_gate = self.net.device.type == "cpu"
+
+    def learn_signal(self, i, t, eps_c):
+        v = self.dst[i]
+        fire = self.gate.get(v)
+        if fire is None:
+            return None
+        if self.read_gate:
+            if not bool(self.fire_any[v]):
+                return None
+            self._fired_now = True
+        else:
+            self._fired_now = self.fire_any[v]      # read by accumulate, which follows
+        return eps_c * fire
+
+    def accumulate(self, acc: dict, key: str, grads: dict[str, torch.Tensor]) -> None:
+        """The update just computed from :meth:`learn_signal`'s masked error, where its node
+        fired (``-0.0`` elsewhere)."""
+        fired = self._fired_now
+        if fired is not True:
+            grads = {name: torch.where(fired, g, -0.0) for name, g in grads.items()}
+        PCKernel.accumulate(acc, key, grads)
+
+
+#: DetectionStats' counts, in the order of the kernel's pending ``[4]``
+_FIELDS = ("expected", "detected", "judged", "false_fires")
+#: errors at least this large are counted on their own (the rest are concatenated first)
+_BIG = 2 ** 14
+#: pending 0-dim counts summed into one at a time
+_FOLD = 256
+#: a float dtype -> (the integer dtype of its size, the mask of all bits but the sign)
+_BITS = {torch.float32: (torch.int32, 0x7FFF_FFFF), torch.float64: (torch.int64, 0x7FFF_FFFF_FFFF_FFFF),
+         torch.float16: (torch.int16, 0x7FFF), torch.bfloat16: (torch.int16, 0x7FFF)}
+#: (integer dtype, device) -> that mask as a 0-dim tensor (a Python int is converted at every call)
+_MASKS: dict = {}
+
+
+def _nonzero(e: torch.Tensor) -> torch.Tensor:
+    """The number of non-zero entries of ``e`` (a NaN counts, ``-0.0`` does not: ``e != 0``),
+    a 0-dim integer tensor on ``e``'s device: branch-free (``count_nonzero`` branches per
+    entry, slow on errors that are half zeros, relu's) and exact for any value: an entry is
+    non-zero iff its bits other than the sign are, which ``clamp(bits & mask, max=1)`` counts."""
+    spec = _BITS.get(e.dtype)
+    if spec is None:
+        return torch.count_nonzero(e)
+    dtype, mask = spec
+    key = (dtype, e.device)
+    m = _MASKS.get(key)
+    if m is None:
+        m = _MASKS[key] = torch.tensor(mask, dtype=dtype, device=e.device)
+    ones = e.view(dtype).bitwise_and(m).clamp_(max=1)
+    return ones.sum(dtype=torch.int32 if e.numel() < 2 ** 31 else torch.int64)
+
+
+def _nonzero_counts(tensors: list) -> list[torch.Tensor]:
+    """0-dim integer tensors whose sum is the number of non-zero entries in ``tensors``: large
+    tensors counted one by one, small ones of a dtype, device and sample shape by
+    ``count_nonzero`` when there are a few (one op each), else concatenated along the batch
+    into one buffer and counted at once."""
+    if len(tensors) <= 4 and all(e.numel() < _BIG for e in tensors):
+        return [torch.count_nonzero(e) for e in tensors]
+    out, small = [], {}
+    for e in tensors:
+        if e.numel() >= _BIG:
+            out.append(_nonzero(e))
+        else:
+            small.setdefault((e.dtype, e.device, e.shape[1:]), []).append(e)
     for group in small.values():
-        buf = torch.cat(group) if len(group) > 1 else group[0]
-        if _countable(buf):
-            sums.append(_indicator_sum(buf))
+        if len(group) <= 4 or group[0].dim() == 0:
+            out.extend(torch.count_nonzero(e) for e in group)
         else:
-            rest.append(buf)
-    n = 0
-    if sums:
-        total = float(torch.stack(sums).sum(dtype=torch.float64)) if len(sums) > 1 else float(sums[0])
-        if not (total == total and total != float("inf")):       # a NaN: count exactly
-            return sum(int(torch.count_nonzero(e)) for e in tensors)
-        n = int(total)
-    return n + sum(int(torch.count_nonzero(e)) for e in rest)
+            out.append(_nonzero(torch.cat(group)))
+    return out
+
+
+def _count_nonzero(tensors: list) -> int:
+    """The number of non-zero entries in ``tensors`` (a host read)."""
+    return sum(int(n) for n in _nonzero_counts(tensors))
 
 
 def spike_times(cg) -> dict[str, int]:
@@ -305,7 +427,8 @@ class FullyAutonomousZIL(LearningRule):
         super().__init__(net, settings, seed, reduction)
         cg = net.compiled
         s = self.settings
-        self.kernel = TriggeredKernel(net, self.objective, s.gamma, s.trigger, s.t_d)
+        kernel = PhiKernel if s.trigger == "phi" else TriggeredKernel
+        self.kernel = kernel(net, self.objective, s.gamma, s.trigger, s.t_d)
         depth_max = max((cg.depth[v] for v in self.kernel.learners), default=0)
         self.T = depth_max if s.T is None else s.T
         if self.T < depth_max:
@@ -318,6 +441,8 @@ class FullyAutonomousZIL(LearningRule):
         self.height = max(height.values())
         self.predict_steps = self.height + s.t_d if s.predict_steps is None else s.predict_steps
         self.update_times = [EVERY if cg.has_params(i) else None for i in range(len(cg.edges))]
+        #: parameter group -> the nodes its edges feed (a group learns when one of them fires)
+        self.group_nodes = {key: {cg.edges[i].dst for i in edges} for key, edges in cg.param_edges.items()}
         #: the full dynamics (every quantity, every step); ``plan`` is the event-driven one
         #: where that applies (``event_driven``), else this same plan
         self.full_plan = self.plan = build_full_plan(cg, self.update_times, self.T)
@@ -396,16 +521,33 @@ class FullyAutonomousZIL(LearningRule):
         else:
             learned = run_plan(k, self.full_plan, State(k, start, mu), targets).updates
         for key, group in learned.items():
-            k.accumulate(updates, key, group)
+            PCKernel.accumulate(updates, key, group)        # (not gated: summed as they are)
         k.finish()
+        loss = self._drop_silent(updates, loss)
         self.write_grads(updates, batch)
-        return StepInfo(float(loss), outputs)
+        return StepInfo(loss, outputs)
+
+    def _drop_silent(self, updates: dict, loss: torch.Tensor) -> float:
+        """The reported loss, as a float; under ``phi`` also drop the updates of every parameter
+        group none of whose nodes fired in this run (sums of the zeros the mask let through, where
+        the gate used to skip them), so that their ``grad`` stays untouched as it always did
+        (``None`` after ``zero_grad``, which an optimizer skips). Whether a node fired is read with
+        the loss, in one host read."""
+        k = self.kernel
+        if k.trigger != "phi" or k.read_gate or not updates:
+            return float(loss)
+        learners = sorted(k.learners)
+        flags = torch.stack([k.fired(v) for v in learners])
+        read = torch.cat([loss.detach().reshape(1).to(torch.float64), flags.to(torch.float64)]).tolist()
+        fired = {v for v, f in zip(learners, read[1:]) if f}
+        for key in [key for key in updates if not fired & self.group_nodes[key]]:
+            del updates[key]
+        return read[0]
 
     def _event_driven(self, inputs, targets):
         """The same dynamics as :meth:`compute_grads`'s full loop, computing only the
         quantities that can change (the module doc's "Event-driven")."""
         k = self.kernel
-        k.begin("predict", None)
         state = feedforward(k, inputs)            # the prediction phase's settled state
         outputs = {o: state.mu[o] for o in self.net.compiled.graph.outputs}
         loss = self.objective.value(outputs, targets)

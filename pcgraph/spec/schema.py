@@ -24,6 +24,7 @@ from .unroll import Unroll, expand, parse_unroll
 from .yamlio import decode_spec, dump_yaml, load_yaml, locate
 
 MAX_SEED = 2 ** 62      # seeds feed torch.Generator.manual_seed (int64), offset per use
+MAX_NAME = 200          # a spec's name becomes a folder name (runs/<name>): under the OS's 255 bytes
 TOP_KEYS = ("name", "description", "seed", "data", "model", "loss", "train", "clamp", "queries", "evaluate")
 NODE_KEYS = ("name", "shape", "role", "kind", "prior")
 
@@ -35,6 +36,9 @@ def _check_keys(d: Any, known: tuple[str, ...], where: str, extra: tuple[str, ..
         if k not in known and k not in extra:
             allowed = ", ".join(known + extra)
             raise SpecError(f"unknown key {k!r} (known: {allowed})", f"{where}.{k}" if where else str(k))
+
+
+_FLOAT_MAX = 1.7976931348623157e308     # data.normalize: a value must convert to a float
 
 
 def _typed(value: Any, types: tuple[type, ...], where: str, what: str, positive: bool = False):
@@ -78,6 +82,11 @@ class DataSpec:
         out = cls(**d)
         _typed(out.dataset, (str,), "data.dataset", "a dataset name")
         _typed(out.shuffle, (bool,), "data.shuffle", "true or false (a YAML boolean, not a string)")
+        if out.root is not None:
+            _typed(out.root, (str,), "data.root", "a folder path (a string)")
+            if not out.root or "\0" in out.root:
+                raise SpecError(f"expected a folder path (leave data.root out to use $PCGRAPH_DATA), "
+                                f"got {out.root!r}", "data.root")
         for k in ("batch_size", "test_batch_size"):
             _typed(getattr(out, k), (int,), f"data.{k}", "a positive integer", positive=True)
         for k in ("train_subset", "test_subset"):
@@ -86,7 +95,7 @@ class DataSpec:
         if out.normalize is not None:
             n = out.normalize
             ok = isinstance(n, (list, tuple)) and len(n) == 2 and all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
+                isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) <= _FLOAT_MAX
                 for v in n) and n[1] > 0
             if not ok:
                 raise SpecError(f"expected [mean, std] with std > 0 (e.g. [0.5, 0.5]), got {n!r}", "data.normalize")
@@ -134,9 +143,13 @@ class TrainSpec:
     #: how a rule's step runs: eager (the executor) or as a traced program (fx, inductor,
     #: cudagraph); see :mod:`pcgraph.compile.program`
     program: str = "eager"
+    #: data parallel: seconds a collective (gradient all-reduce, test-set sums) waits for every
+    #: rank before the run stops naming the rank that did not answer (a dead, stopped or hung
+    #: process); see :mod:`pcgraph.train.distributed`
+    distributed_timeout: float = 600.0
 
     KEYS = ("algorithm", "epochs", "optimizer", "scheduler", "reduction", "max_steps_per_epoch", "presets",
-            "program")
+            "program", "distributed_timeout")
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "TrainSpec":
@@ -172,8 +185,12 @@ class TrainSpec:
         if program not in MODES:
             from ..registry import unknown_name
             raise SpecError(unknown_name("program mode", program, MODES), "train.program")
+        timeout = _typed(d.get("distributed_timeout", 600.0), (int, float), "train.distributed_timeout",
+                         "a number of seconds > 0", positive=True)
+        if not timeout <= 1e7:     # (NaN, inf and beyond what a timedelta in ms carries)
+            raise SpecError(f"expected a number of seconds in (0, 1e7], got {timeout!r}", "train.distributed_timeout")
         return cls(alg, epochs, dict(opt), msteps, reduction, copy.deepcopy(dict(presets)),
-                   copy.deepcopy(scheduler), program)
+                   copy.deepcopy(scheduler), program, float(timeout))
 
     def to_dict(self) -> dict:
         d = {"algorithm": self.algorithm.to_value(), "epochs": self.epochs, "optimizer": dict(self.optimizer)}
@@ -187,6 +204,8 @@ class TrainSpec:
             d["presets"] = copy.deepcopy(self.presets)
         if self.program != "eager":
             d["program"] = self.program
+        if self.distributed_timeout != 600.0:
+            d["distributed_timeout"] = self.distributed_timeout
         return d
 
 
@@ -195,6 +214,9 @@ def _optimizer(opt, where: str) -> dict:
         opt = {"name": opt}
     if not isinstance(opt, dict) or "name" not in opt:
         raise SpecError(f"expected an optimizer name or {{name: sgd, lr: 0.01}}, got {opt!r}", where)
+    from ..train.optim import OPTIMIZERS, check_optimizer_config   # (lazily: pcgraph.train imports the spec)
+    if opt["name"] in OPTIMIZERS:          # (an unknown name is reported, with suggestions, at build)
+        check_optimizer_config(opt, where)     # every option in the range torch accepts, at load time
     return opt
 
 
@@ -408,6 +430,10 @@ class Spec:
                 raise SpecError("the spec is empty")
             _check_keys(d, TOP_KEYS, "")
             spec.name = _typed(d.get("name", "unnamed"), (str,), "name", "a string")
+            if len(spec.name) > MAX_NAME:
+                raise SpecError(f"a name of {len(spec.name)} characters is longer than the {MAX_NAME} allowed (it "
+                                f"names the run's folder, runs/<name>, and file systems refuse names over 255 "
+                                f"bytes)", "name")
             spec.seed = _typed(d.get("seed", 0), (int,), "seed", "an integer")
             if not 0 <= spec.seed < MAX_SEED:
                 raise SpecError(f"expected a seed in [0, 2**62), got {spec.seed}", "seed")

@@ -41,6 +41,7 @@ from typing import Literal
 
 from ..errors import SpecError
 from ..ir import Edge, PCGraph, ValueNode
+from ..ir.graph import gc_paused
 from ..settings import parse_dataclass, to_mapping
 
 
@@ -108,6 +109,7 @@ def parse_unroll(raw, where: str) -> Unroll:
     return parse_dataclass(Unroll, raw, where, "an unrolled cell")
 
 
+@gc_paused()
 def expand(graph: PCGraph, u: Unroll, where: str) -> None:
     """Add the unrolled nodes and edges of ``u`` to ``graph`` (every one tagged with
     ``meta['unroll']`` and located at ``where``)."""

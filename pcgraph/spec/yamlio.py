@@ -7,6 +7,7 @@ the parser can still point at the line a user wrote.
 
 from __future__ import annotations
 
+import gc
 import re
 from typing import Any
 
@@ -66,6 +67,34 @@ class _GuardedLoader(SpecLoader):
             self._depth -= 1
 
 
+try:                                    # LibYAML's scanner and parser, when PyYAML was built with it
+    from yaml._yaml import CParser as _CParser
+except ImportError:                     # pragma: no cover
+    _CParser = None
+
+#: texts at least this long are scanned and parsed by LibYAML (about 3x faster: a spec of
+#: thousands of nodes), composed and checked by the same guards; any error is then reported
+#: by the pure-Python parser, as for every shorter text (all hand-written specs)
+FAST_PARSE_CHARS = 16384
+
+if _CParser is not None:
+    class _FastGuardedLoader(_CParser, _GuardedLoader):
+        """``_GuardedLoader`` whose events come from LibYAML (composition, the guards and
+        construction stay the Python ones)."""
+
+        def __init__(self, stream, filename: str = "<string>"):
+            _CParser.__init__(self, stream)
+            yaml.composer.Composer.__init__(self)
+            yaml.constructor.SafeConstructor.__init__(self)
+            yaml.resolver.Resolver.__init__(self)
+            self.filename = filename
+            self._depth = 0
+
+        check_node = yaml.composer.Composer.check_node
+        get_node = yaml.composer.Composer.get_node
+        get_single_node = yaml.composer.Composer.get_single_node
+
+
 def _check_tree(root: yaml.Node, filename: str) -> None:
     """Duplicate mapping keys and NUL characters are errors (iterative: no recursion)."""
     stack = [root]
@@ -93,7 +122,15 @@ def _check_tree(root: yaml.Node, filename: str) -> None:
 
 def _parse(text: str, filename: str):
     """``(data, root node)``: composed once with the guards above, checked, then constructed."""
-    loader = _GuardedLoader(text, filename)
+    if _CParser is not None and len(text) >= FAST_PARSE_CHARS:
+        try:
+            return _parse_with(_FastGuardedLoader(text, filename), filename)
+        except Exception:
+            pass                        # the pure-Python parser below words the error
+    return _parse_with(_GuardedLoader(text, filename), filename)
+
+
+def _parse_with(loader, filename: str):
     try:
         root = loader.get_single_node()
         if root is None:
@@ -159,6 +196,16 @@ def _walk(root: yaml.Node, filename: str, locs: dict[str, str]) -> None:
 
 
 def load_yaml(text: str, filename: str = "<string>") -> tuple[Any, dict[str, str]]:
+    was = gc.isenabled()
+    gc.disable()                        # (as pcgraph.ir.graph.gc_paused: a long spec makes many
+    try:                                # objects that stay alive, each collection walks them all)
+        return _load_yaml(text, filename)
+    finally:
+        if was:
+            gc.enable()
+
+
+def _load_yaml(text: str, filename: str) -> tuple[Any, dict[str, str]]:
     try:
         data, root = _parse(text, filename)
     except yaml.reader.ReaderError as exc:

@@ -29,6 +29,11 @@ with the same parameters as one process fed the same global batches:
   over the ranks (in the same ``all_reduce``), so every rank holds the global counts.
 * **Checkpoints** are written by rank 0 only (atomically, as in one process) and hold nothing
   that depends on the number of processes: a run resumes with any process count.
+* **A lost rank.** Collectives wait ``train.distributed_timeout`` seconds (default 600, not
+  gloo's 30 minutes). A rank whose process ended (``kill -9``) or that does not answer in time
+  (SIGSTOP, a hang) stops the run with one line naming it (:class:`RankLost`, exit status 4;
+  under ``--nproc`` a killed worker is named by the launcher), plus the last checkpoint and
+  the command that resumes it. Ctrl-C / SIGTERM: rank 0 finishes a checkpoint it is writing.
 
 Only rank 0 prints, writes ``metrics.jsonl``, ``spec.yaml`` and checkpoints. Errors in the
 spec, data or training are the same on every rank (same spec, same parameters), so only rank 0
@@ -42,17 +47,43 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import sys
+import time
 import uuid
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 from ..data.loader import shard_bounds
-from ..errors import PCGraphError, SpecError
+from ..errors import PCGraphError, SpecError, TrainingError
 
-__all__ = ["DataParallel", "check_nproc", "launch_local", "report_error", "shard_bounds", "under_launcher"]
+__all__ = ["DataParallel", "RankLost", "check_nproc", "launch_local", "report_error", "shard_bounds",
+           "under_launcher"]
+
+#: the exit status of a worker whose run stopped because another rank was lost
+LOST = 4
+#: set by :func:`launch_local` for its workers: the command that resumes the whole run
+RESUME_ENV = "PCGRAPH_RESUME"
+
+
+class RankLost(TrainingError):
+    """A collective failed because another rank is gone (its process ended: ``gone``) or did
+    not answer within ``train.distributed_timeout`` (stopped, hung, or that slow). ``pcgraph
+    run`` says so in one line, from one rank (``speaker``: the lowest rank still running), and
+    exits with status 4 (:data:`LOST`)."""
+
+    def __init__(self, message: str, where: str | None = None, location: str | None = None,
+                 speaker: bool = True, gone: bool = False):
+        super().__init__(message, where, location)
+        self.speaker, self.gone = speaker, gone
+
+    def noting(self, note: str) -> "RankLost":
+        """This error with ``; note`` added (what the run left on disk)."""
+        return RankLost(f"{self.message}; {note}" if note else self.message, self.where, self.location,
+                        self.speaker, self.gone)
 
 
 def under_launcher() -> bool:
@@ -69,13 +100,19 @@ class DataParallel:
         #: the global batch size of the last step (the trainer's sample count)
         self.last_batch = 0
         self._owns_group = False
+        #: seconds a collective waits for the other ranks (``train.distributed_timeout``)
+        self.timeout = 600.0
+        self._store = None          # the rendezvous store (to learn which ranks still run)
+        self._broken = False        # a collective failed: the group is not torn down politely
 
     # ---- setting up ----------------------------------------------------------------------
     @classmethod
-    def from_env(cls, device="cpu", timeout_s: float = 1800.0) -> "DataParallel":
+    def from_env(cls, device="cpu", timeout_s: float = 600.0) -> "DataParallel":
         """Join the process group described by torchrun's environment (``RANK``, ``WORLD_SIZE``,
         ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``): gloo for ``cpu``, NCCL for ``cuda``
-        (rank ``r`` on ``cuda:LOCAL_RANK``)."""
+        (rank ``r`` on ``cuda:LOCAL_RANK``). ``timeout_s``: how long a collective waits for
+        every rank (``train.distributed_timeout``) before :class:`RankLost` names the one that
+        did not answer (gloo; NCCL's watchdog ends the process itself)."""
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         local = int(os.environ.get("LOCAL_RANK", rank))
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
@@ -97,13 +134,20 @@ class DataParallel:
         else:
             raise SpecError(f"device {device!r} is not supported (use cpu or cuda)", "--device")
         self = cls(rank, world, dev)
+        self.timeout = float(timeout_s)
         if not dist.is_initialized():
-            dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+            timeout = timedelta(seconds=timeout_s)
+            try:
+                self._store = next(dist.rendezvous("env://", rank, world, timeout=timeout))[0]
+                dist.init_process_group(backend, store=self._store, rank=rank, world_size=world, timeout=timeout)
+                self._store.set(f"pcgraph/pid/{rank}", str(os.getpid()))     # (see _wake_silent)
+            except RuntimeError as exc:
+                raise self._lost(exc) or exc from None
             self._owns_group = True
         return self
 
     def close(self) -> None:
-        if self._owns_group and dist.is_initialized():
+        if self._owns_group and dist.is_initialized() and not self._broken:
             dist.destroy_process_group()
             self._owns_group = False
 
@@ -132,7 +176,7 @@ class DataParallel:
         self._noise = isinstance(getattr(kernel, "perturb", None), _GlobalNoise)
         with torch.no_grad():
             for t in self._state_tensors(exp):
-                dist.broadcast(t, 0, group=self.group)
+                self._collective(dist.broadcast, t, 0, group=self.group)
         return self
 
     @staticmethod
@@ -155,7 +199,7 @@ class DataParallel:
         b = int(next(iter(inputs.values())).shape[0])
         if self._noise:     # where this rank's rows lie in the global batch (for IL's noise)
             sizes = [torch.zeros((), dtype=torch.long, device=self.device) for _ in range(self.world)]
-            dist.all_gather(sizes, torch.tensor(b, device=self.device), group=self.group)
+            self._collective(dist.all_gather, sizes, torch.tensor(b, device=self.device), group=self.group)
             sizes = [int(s) for s in sizes]
             self._rows = (sum(sizes), sum(sizes[:self.rank]))
         before = _counts(rule)                     # Fa-Z-IL's detection counts, summed over ranks
@@ -210,7 +254,7 @@ class DataParallel:
         if torch.float64 not in flats:
             flats[torch.float64] = torch.tensor(meta, dtype=torch.float64, device=self.device)
         for flat in flats.values():
-            dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=self.group)
+            self._collective(dist.all_reduce, flat, op=dist.ReduceOp.SUM, group=self.group)
         meta_out = flats[torch.float64][-len(meta):].tolist()
         k = len(params)
         has = meta_out[:k]
@@ -235,8 +279,88 @@ class DataParallel:
     def sum(self, values: list[float]) -> list[float]:
         """Sum a list of numbers over the ranks (float64)."""
         t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self.group)
+        self._collective(dist.all_reduce, t, op=dist.ReduceOp.SUM, group=self.group)
         return t.tolist()
+
+    # ---- a rank lost ------------------------------------------------------------------------
+    def _collective(self, fn, /, *args, **kwargs):
+        """``fn(*args, **kwargs)``; a failure because another rank is gone or silent is raised
+        as one :class:`RankLost` line instead of gloo's message."""
+        try:
+            return fn(*args, **kwargs)
+        except RuntimeError as exc:         # (torch.distributed.DistError is one)
+            lost = self._lost(exc)
+            if lost is None:
+                raise
+            raise lost from None
+
+    def _lost(self, exc: BaseException) -> "RankLost | None":
+        """The :class:`RankLost` that gloo's error ``exc`` means (None: another failure): a
+        timeout (``Timed out waiting 5000ms for recv``), or a peer's connection closed or
+        reset. Which rank: with two processes, the other one; with more, the ones that do not
+        check in at the rendezvous store within a few seconds (when the launcher's agent holds
+        it, so that it outlives any worker)."""
+        text = str(exc).lower()
+        timed_out = "timed out" in text or "timeout" in text
+        gone = not timed_out and any(w in text for w in ("connection", "closed", "reset by peer", "broken pipe"))
+        if not (timed_out or gone):
+            return None
+        self._broken = True
+        others = [r for r in range(self.world) if r != self.rank]
+        alive = {self.rank} if len(others) == 1 else self._answering(min(5.0, self.timeout))
+        lost = [r for r in others if alive is not None and r not in alive]
+        who = (f"rank {lost[0]}" if len(lost) == 1 else f"ranks {', '.join(map(str, lost))}" if lost
+               else "a rank") + f" of {self.world}"
+        # (a rank another one found silent, and woke: that one has said it)
+        speaker = (alive is None or self.rank == min(alive)) and not self._was_silent()
+        if timed_out:
+            what = (f"{who} did not answer within {self.timeout:g} s (a stopped or hung process; one that is "
+                    "only slow needs a larger train.distributed_timeout)")
+            if speaker and launched_here():
+                self._wake_silent(lost)
+        else:
+            what = f"{who} is gone (its connection closed: the process ended)"
+        return RankLost(f"data parallel: {what}", speaker=speaker, gone=gone)
+
+    def _wake_silent(self, ranks: list[int]) -> None:
+        """Under :func:`launch_local` (one machine): send the silent ranks SIGCONT. A stopped one
+        goes on (finishing a checkpoint it was writing), finds this process gone at its next
+        collective, and is ended by the launcher's agent at once (SIGTERM), not 30 s after this
+        process ends (SIGKILL, the agent's grace for a process that does not react)."""
+        for r in ranks:
+            try:
+                key = f"pcgraph/pid/{r}"
+                if self._store is not None and self._store.check([key]):
+                    self._store.set(f"pcgraph/silent/{r}", "1")
+                    os.kill(int(self._store.get(key)), signal.SIGCONT)
+            except (Exception, OSError):    # noqa: BLE001 - gone already, or the store is: the agent ends it
+                continue
+
+    def _was_silent(self) -> bool:
+        """Whether another rank found this one silent (and woke it: :meth:`_wake_silent`)."""
+        if self._store is None or os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() != "true":
+            return False
+        try:
+            return bool(self._store.check([f"pcgraph/silent/{self.rank}"]))
+        except Exception:       # noqa: BLE001 - the store is gone: nobody said so
+            return False
+
+    def _answering(self, wait: float) -> set[int] | None:
+        """The ranks still running after a failed collective: each writes its rank to the
+        rendezvous store and waits ``wait`` seconds for the others'. None: unknown (no store
+        that outlives the workers)."""
+        store = self._store
+        if store is None or os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() != "true":
+            return None
+        try:
+            store.set(f"pcgraph/answering/{self.rank}", "1")
+            alive, end = {self.rank}, time.monotonic() + wait
+            while len(alive) < self.world and time.monotonic() < end:
+                time.sleep(0.1)
+                alive |= {r for r in range(self.world) if r not in alive and store.check([f"pcgraph/answering/{r}"])}
+            return alive
+        except Exception:       # noqa: BLE001 - the store is gone too: unknown
+            return None
 
 
 def _counts(rule) -> dict[str, int]:
@@ -283,11 +407,15 @@ def check_nproc(nproc: int, device) -> None:
                         f"process), this machine has {torch.cuda.device_count()}", "--nproc")
 
 
-def launch_local(nproc: int, argv: list[str]) -> int:
+def launch_local(nproc: int, argv: list[str], out=None, resume: str | None = None) -> int:
     """Run ``python -m pcgraph ARGV`` in ``nproc`` local processes through torch's elastic
     launcher (what ``torchrun --standalone --nproc-per-node N`` does: a c10d rendezvous on a
     free port, the workers watched, all stopped when one fails). Returns the exit status: 0, or
-    the first failed rank's."""
+    the failed rank's (the cause: a rank killed, or failing, before the ones stopped after it).
+
+    A run that ends early (Ctrl-C / SIGTERM here, a worker killed) is reported here, in one
+    line with the checkpoint left in ``out`` and the command ``resume`` that continues it; the
+    workers stay quiet about it. A worker that found another rank silent says so itself."""
     import logging
 
     from torch.distributed.elastic.multiprocessing import SignalException
@@ -303,21 +431,70 @@ def launch_local(nproc: int, argv: list[str]) -> int:
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0,
                           monitor_interval=0.1, start_method="spawn")
+    from .trainer import saved_note
+
+    left = (lambda: saved_note(None if out is None else Path(out) / "checkpoint.pt", resume=resume, read=True))
+    env = {"PCGRAPH_LAUNCHED": "1", RESUME_ENV: resume or ""}
+    before = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)          # (the workers inherit them)
     try:
         elastic_launch(config, sys.executable)("-m", "pcgraph", *argv)
     except ChildFailedError as exc:
-        rank, failure = min(exc.failures.items())
-        code = failure.exitcode if isinstance(failure.exitcode, int) and failure.exitcode > 0 else 1
-        print(f"pcgraph run: process {rank} of {nproc} exited with status {failure.exitcode}"
-              + (" (its message is above)" if code in (2, 3) else ""), file=sys.stderr)
-        return code
+        rank, failure = _cause(exc.failures)
+        status = failure.exitcode if isinstance(failure.exitcode, int) else 1
+        code = status if status > 0 else 1
+        if any(f.exitcode == LOST for f in exc.failures.values()):
+            return LOST         # the worker that found a rank silent said so, with what is left
+        if code in (2, 3):
+            print(f"pcgraph run: process {rank} of {nproc} exited with status {status} (its message is above)",
+                  file=sys.stderr)
+            return code
+        what = f"exited with status {status}"
+        if status < 0:
+            what = f"was killed by {_signal_name(-status)}"
+        elif status == 130:
+            what = "was interrupted"
+        note = left()
+        print(f"pcgraph run: process {rank} of {nproc} {what}; "
+              + ("the other processes were stopped; " if nproc > 1 else "") + note, file=sys.stderr)
+        return 130 if status == 130 else code
     except SignalException as exc:          # Ctrl-C / SIGTERM: the agent has stopped the workers
-        print(f"interrupted ({exc.sigval.name}): the {nproc} processes were stopped", file=sys.stderr)
+        print(f"interrupted ({exc.sigval.name}): the {nproc} processes were stopped; {left()}", file=sys.stderr)
         return 130
     finally:
         for name, level in quiet.items():
             logging.getLogger(name).setLevel(level)
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     return 0
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def _cause(failures: dict) -> tuple:
+    """The failure that ended a run, not its consequences: after one worker fails the agent
+    stops the others (SIGTERM: they end with status 130, or -15), and a worker that lost a
+    peer ends with :data:`LOST`; among equals, the earliest, then the lowest rank."""
+    def key(item):
+        rank, f = item
+        code = f.exitcode if isinstance(f.exitcode, int) else 1
+        after = code in (130, -signal.SIGTERM, -signal.SIGINT)
+        return (after, code == LOST, getattr(f, "timestamp", 0), rank)
+    return min(failures.items(), key=key)
+
+
+def launched_here() -> bool:
+    """True in a worker started by :func:`launch_local` (``--nproc``), which reports how the run
+    ended (an interrupt, a worker killed) for all of them."""
+    return os.environ.get("PCGRAPH_LAUNCHED") == "1" and under_launcher()
 
 
 def report_error(message: str) -> None:

@@ -11,8 +11,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -20,11 +23,14 @@ from typing import Callable
 import torch
 
 from ..compile import CompiledGraph, PCNetwork, compile_graph
+from ..compile.memory import check_spec as check_memory
+from ..compile.memory import note as note_oom
 from ..data import GraphBatches, load_dataset
 from ..errors import CheckpointError, PCGraphError, SpecError, TrainingError
 from ..rules import LearningRule, make_rule
 from ..spec import Spec
 from .checkpoint import load_checkpoint, save_checkpoint
+from .distributed import RankLost
 from .optim import make_optimizer
 from .schedule import Scheduler, make_scheduler
 
@@ -84,12 +90,17 @@ class Experiment:
         (``total_steps``); default: the batches' (capped by ``train.max_steps_per_epoch``), or
         unknown without data. Give it to build an experiment without data that follows the
         same schedule as another one (``other.steps_per_epoch``)."""
+        doing = "compiling the graph"
         try:
             device, dtype = resolve_device(device), resolve_dtype(dtype)
             compiled = compile_graph(spec.model, spec.loss, clamped=spec.clamped_nodes()) if net is None else net.compiled
+            # what cannot fit is refused before any tensor exists (pcgraph.compile.memory)
+            check_memory(spec, compiled, device, dtype, training=with_data, with_params=net is None)
+            doing = "allocating the network's parameters"
             if net is None:
                 net = PCNetwork(compiled, seed=spec.seed, device=device, dtype=dtype)
             alg = spec.train.algorithm
+            doing = f"building rule {alg.name!r}'s state"
             rule = make_rule(alg.name, net, alg.settings, seed=spec.seed, reduction=spec.train.reduction)
             rule.program_mode = spec.train.program
             rule.to(device=device)
@@ -103,6 +114,7 @@ class Experiment:
             batches = None
             if with_data:
                 d = spec.data
+                doing = f"loading dataset {d.dataset!r}"
                 if splits is None:
                     splits = load_dataset(d.dataset, d.root, d.train_subset, d.test_subset, d.options)
                     if d.normalize is not None:      # torchvision's Normalize(mean, std), on both splits
@@ -117,6 +129,9 @@ class Experiment:
             scheduler = make_scheduler(spec.train.scheduler, optimizer, steps_per_epoch, spec.train.epochs)
         except PCGraphError as err:
             raise spec.locate(err) from None
+        except (MemoryError, RuntimeError) as exc:     # the CLI says what was being allocated
+            note_oom(exc, doing, 2)
+            raise
         exp = cls(spec, compiled, net, rule, optimizer, batches, rule_optimizer, scheduler=scheduler)
         rule.bind_optimizers(exp.step_optimizers)
         return exp
@@ -164,6 +179,9 @@ class Experiment:
         self.steps_done += 1
         try:
             return self._step(inputs, targets)
+        except (MemoryError, RuntimeError) as exc:     # the CLI says what was being allocated
+            note_oom(exc, f"taking training step {self.steps_done} of rule {self.rule.name}", 3)
+            raise
         finally:
             self.net.begin_step(None)
 
@@ -175,10 +193,12 @@ class Experiment:
                 opt.zero_grad(set_to_none=True)
             info = self.rule.compute_grads(inputs, targets)
             self.last_energy = info.energy
-            if not self.rule.steps_optimizer:      # (iPC stepped them at every inference step)
+            loss = self.rule.per_sample_loss(info, next(iter(inputs.values())).shape[0])
+            # a NaN or infinite loss updates nothing: the parameters stay the last finite ones,
+            # so the trainer's report can say where the forward pass first turned non-finite
+            if not self.rule.steps_optimizer and math.isfinite(loss):  # (iPC stepped them already)
                 for opt in self.optimizers:
                     opt.step()
-            loss = self.rule.per_sample_loss(info, next(iter(inputs.values())).shape[0])
         if self.scheduler is not None:
             self.scheduler.step_update()
         return loss
@@ -237,6 +257,13 @@ class Trainer:
     #: a fresh run into a folder that holds an earlier run's checkpoint moves that run aside
     #: (``OUT/previous-K``) instead of refusing
     restart: bool = False
+    #: the epoch of the checkpoint on disk that this run wrote or resumed from (None: none yet)
+    saved_epoch: int | None = None
+    #: a training step that runs longer than this many seconds shows the inference step its
+    #: rule is at (t/T) where progress goes (the bar, or a progress line): see :class:`_StepWatch`
+    slow_step: float = 2.0
+    #: the command that continues this run, named when it stops early (Ctrl-C, a lost rank)
+    resume_hint: str | None = None
 
     @property
     def _writes(self) -> bool:
@@ -257,7 +284,19 @@ class Trainer:
 
     def resume(self) -> None:
         path = self.checkpoint_path()
-        state = load_checkpoint(path, map_location=self.exp.net.device)
+        state = load_checkpoint(path, map_location=self.exp.net.device, note=self.log)
+        # A change of precision is refused, not converted: a resumed run promises to continue the
+        # same computation (as every other changed setting, it is refused below), and float32
+        # weights cast to float64 (or back) continue a different one, with the optimizer's state
+        # cast too. Starting a new run from these weights at another dtype is --init's job.
+        model = state.get("model") if isinstance(state.get("model"), dict) else {}
+        saved_dtype = next((t.dtype for t in model.values() if isinstance(t, torch.Tensor) and t.is_floating_point()),
+                           None)
+        if saved_dtype is not None and saved_dtype != self.exp.net.dtype:
+            was, now = (str(d).replace("torch.", "") for d in (saved_dtype, self.exp.net.dtype))
+            raise CheckpointError(f"cannot resume: the checkpoint holds {was} weights and this run asks for {now}; "
+                                  f"resume with --dtype {was}, or start a new run (another --out) from these "
+                                  f"weights with --init {path} --dtype {now}", "--dtype", str(path))
         try:
             saved = Spec.from_dict(state["spec"])
         except (PCGraphError, KeyError, TypeError) as exc:
@@ -286,15 +325,17 @@ class Trainer:
         self.history = list(state.get("history", []))
         self.start_epoch = int(state["epoch"])
         self.exp.steps_done = int(state.get("steps_done", 0))
+        self.saved_epoch = self.start_epoch
         self.log(f"resumed from {path} after epoch {self.start_epoch}")
 
-    def _check_finite(self, loss: float, epoch: int, step: int, steps: int) -> None:
-        """Stop with a TrainingError naming the loss, or the first parameter (or gradient) that
-        is NaN or infinite, and the epoch/step; the checkpoint on disk (if any) is the last
-        good one, as a diverged epoch is never saved."""
+    def _check_finite(self, loss: float, epoch: int, step: int, steps: int, inputs: dict | None = None) -> None:
+        """Stop with a TrainingError naming the loss (and where it turned non-finite: see
+        :meth:`_non_finite_origin`), or the first parameter (or gradient) that is NaN or
+        infinite, and the epoch/step; the checkpoint on disk (if any) is the last good one, as
+        a diverged epoch is never saved."""
         what = None
         if not math.isfinite(loss):
-            what = f"the training loss is {loss}"
+            what = f"the training loss is {loss}{self._non_finite_origin(inputs)}"
         else:
             named = [(n, p) for n, p in self.exp.net.named_parameters()]
             named += [(f"rule.{n}", p) for n, p in self.exp.rule.named_parameters()] \
@@ -317,6 +358,47 @@ class Trainer:
                 if path is not None and epoch > 1 and path.exists() else "; no checkpoint was written")
         raise TrainingError(f"training diverged at epoch {epoch}, step {step}/{steps}: {what} "
                             f"(lower the learning rate?){kept}")
+
+    def _named_parameters(self) -> list:
+        named = list(self.exp.net.named_parameters())
+        if isinstance(self.exp.rule, torch.nn.Module):
+            named += [(f"rule.{n}", p) for n, p in self.exp.rule.named_parameters()]
+        return named
+
+    @torch.no_grad()
+    def _non_finite_origin(self, inputs: dict | None) -> str:
+        """Where a non-finite loss started (only run once training has diverged): a parameter
+        that is already NaN/inf; else the first node, in feed-forward order, whose value on this
+        batch is NaN/inf, with the largest magnitude of the parameters feeding it (the step
+        did not update them: :meth:`Experiment._step`); else the first non-finite gradient."""
+        named = self._named_parameters()
+        for n, p in named:
+            if not bool(p.isfinite().all()):
+                return f": parameter '{n}' is not finite"
+        net, cg = self.exp.net, self.exp.net.compiled
+        if inputs is not None and cg.ordered:
+            try:
+                x: dict = {}
+                for v in cg.order:
+                    x[v] = inputs[v] if cg.role(v) == "input" else net.predict(v, lambda i: net.activated(x, i))
+                    if x[v] is None or bool(x[v].isfinite().all()):
+                        continue
+                    if cg.role(v) == "input":
+                        return f": input node '{v}' holds NaN or infinite values in this batch"
+                    feeding = []
+                    for i in cg.in_edges(v):
+                        key = cg.edges[i].key
+                        for k, p in (net.params[key].items() if key in net.params else ()):
+                            if p.numel():
+                                feeding.append(f"'params.{key}.{k}' (max |value| {float(p.abs().max()):.3g})")
+                    return (f": the forward pass first turns non-finite at node '{v}'"
+                            + (f", fed by parameter(s) {', '.join(dict.fromkeys(feeding))}" if feeding else ""))
+            except Exception:            # noqa: BLE001 - a best-effort diagnosis, never a new error
+                pass
+        for n, p in named:
+            if p.grad is not None and not bool(p.grad.isfinite().all()):
+                return f": the gradient of parameter '{n}' is the first that is not finite"
+        return ""
 
     def _prepare_metrics(self) -> None:
         """A fresh run never appends to an old ``metrics.jsonl`` (the old file is moved to
@@ -363,26 +445,59 @@ class Trainer:
         self.log(f"a new run: the earlier run in {self.out} was moved to {keep}")
 
     def fit(self, epochs: int | None = None) -> list[dict]:
+        """Train up to epoch ``epochs`` (default ``train.epochs``); returns every epoch's record.
+
+        Stopped by Ctrl-C (or SIGTERM, within :func:`stop_on_signals`) it raises
+        :class:`Interrupted`, which says where it stopped and which checkpoint is on disk: the
+        last completed epoch's (one being written when the signal came is finished first). A
+        lost data-parallel rank raises :class:`~pcgraph.train.distributed.RankLost`, noting
+        the same."""
+        self._where = self._in_step = self._bar = None
+        watch = _StepWatch(self) if self._writes and (self.progress or self.progress_every is not None) else None
+        try:
+            return self._fit(epochs)
+        except KeyboardInterrupt:
+            raise Interrupted(stop_signal(), self._where, self.checkpoint_path(), self.saved_epoch,
+                              self.resume_hint) from None
+        except RankLost as err:
+            if _Stop.signame is not None:       # being stopped: the ranks that left first are no news
+                raise Interrupted(stop_signal(), self._where, self.checkpoint_path(), self.saved_epoch,
+                                  self.resume_hint) from None
+            # (a rank that does not write reads what rank 0 saved)
+            raise err.noting(saved_note(self.checkpoint_path(), self.saved_epoch, self.resume_hint,
+                                        read=not self._writes)) from None
+        finally:
+            self._in_step = None
+            if watch is not None:
+                watch.stop()
+            if self._bar is not None:
+                self._bar.close()
+
+    def _fit(self, epochs: int | None) -> list[dict]:
         exp = self.exp
         epochs = epochs or exp.spec.train.epochs
         if self.out and self._writes:
-            self.out.mkdir(parents=True, exist_ok=True)
-            self._keep_previous_run()
-            self._prepare_metrics()
-            (self.out / "spec.yaml").write_text(exp.spec.to_yaml())
+            with _finish_first():       # (an earlier run is moved aside whole)
+                self.out.mkdir(parents=True, exist_ok=True)
+                self._keep_previous_run()
+                self._prepare_metrics()
+                (self.out / "spec.yaml").write_text(exp.spec.to_yaml())
         steps = _steps_per_epoch(exp.spec, exp.batches)
         for epoch in range(self.start_epoch + 1, epochs + 1):
             exp.rule.start_epoch(epoch)
             t0 = time.perf_counter()
-            bar = _progress(steps, f"epoch {epoch}/{epochs}", self.progress)
+            bar = self._bar = _progress(steps, f"epoch {epoch}/{epochs}", self.progress)
             loss_sum, n = 0.0, 0
             energy_sum, energy_n = [0.0, 0.0], 0
             last_line = t0
             for k, (inputs, targets, labels) in enumerate(exp.batches.train()):
                 if k >= steps:
                     break
+                # (where an interrupt stops; the step's start, which _StepWatch reads)
+                self._where, self._in_step = (epoch, k + 1, steps), (epoch, epochs, k + 1, steps, time.perf_counter())
                 loss = exp.step(inputs, targets)
-                self._check_finite(loss, epoch, k + 1, steps)
+                self._in_step = None
+                self._check_finite(loss, epoch, k + 1, steps, inputs)
                 size = exp.batches.counted(labels) if exp.dist is None else exp.dist.last_batch   # the global batch
                 loss_sum += loss * size
                 n += size
@@ -418,10 +533,198 @@ class Trainer:
                      + ("" if math.isnan(record["test_accuracy"]) else f"test acc {record['test_accuracy']:.4f}  ")
                      + f"{train_seconds:.2f}s")
             if self.out and self._writes:
-                with open(self.out / "metrics.jsonl", "a") as fh:
-                    fh.write(json.dumps(record) + "\n")
-                save_checkpoint(self.checkpoint_path(), self.state(epoch))
+                with _finish_first():       # Ctrl-C / SIGTERM now: the checkpoint is finished first
+                    with open(self.out / "metrics.jsonl", "a") as fh:
+                        fh.write(json.dumps(record) + "\n")
+                    save_checkpoint(self.checkpoint_path(), self.state(epoch))
+                    self.saved_epoch = epoch
         return self.history
+
+
+# ---- stopping cleanly: Ctrl-C / SIGTERM, and what a stopped run leaves ---------------------------
+class Interrupted(KeyboardInterrupt):
+    """Training stopped by Ctrl-C or SIGTERM (:meth:`Trainer.fit`): where (``(epoch, step,
+    steps)``), and the checkpoint on disk (``epoch``: the last completed epoch's; None: none)."""
+
+    def __init__(self, signame: str, where: tuple | None, path: Path | None, epoch: int | None,
+                 resume: str | None = None):
+        super().__init__(signame)
+        self.signame, self.where, self.path, self.epoch, self.resume = signame, where, path, epoch, resume
+
+    def message(self) -> str:
+        """One line: ``interrupted (SIGTERM) in epoch 3, step 41/100: the checkpoint of epoch 2
+        is DIR/checkpoint.pt; continue with: RESUME``."""
+        at = "" if self.where is None else " in epoch {}, step {}/{}".format(*self.where)
+        if self.where is not None and self.where[0] == self.epoch:     # (its checkpoint was being written)
+            at = f" after epoch {self.epoch}"
+        note = saved_note(self.path, self.epoch, self.resume)
+        return f"interrupted ({self.signame}){at}" + (f": {note}" if note else "")
+
+
+def saved_note(path, epoch: int | None = None, resume: str | None = None, read: bool = False) -> str:
+    """What a stopped run leaves at ``path``: ``the checkpoint of epoch E is PATH; continue with:
+    RESUME``, or that nothing was saved. ``read``: take the epoch from the file (written by
+    another process: rank 0, or the workers of a launcher)."""
+    if path is None:
+        return ""
+    if read:
+        epoch = checkpoint_epoch(path)
+    if epoch is None:
+        return "no epoch was completed, nothing was saved"
+    return f"the checkpoint of epoch {epoch} is {path}" + (f"; continue with: {resume}" if resume else "")
+
+
+def checkpoint_epoch(path) -> int | None:
+    """The epoch of the checkpoint at ``path`` (None: no readable checkpoint there)."""
+    try:
+        return int(load_checkpoint(path, map_location="cpu")["epoch"]) if Path(path).is_file() else None
+    except (PCGraphError, KeyError, TypeError, ValueError, OSError):
+        return None
+
+
+class _Stop:
+    """Ctrl-C / SIGTERM within :func:`stop_on_signals`: the first signal's name, and whether
+    writes that must complete (``finishing``) hold the stop back (``pending``)."""
+
+    signame: str | None = None
+    finishing = 0
+    pending = False
+
+
+def stop_signal() -> str:
+    """The name of the signal that stopped the run (SIGINT when none was caught here)."""
+    return _Stop.signame or "SIGINT"
+
+
+def _on_signal(signum, frame) -> None:
+    if _Stop.signame is None:
+        _Stop.signame = signal.Signals(signum).name
+    if _Stop.finishing:
+        _Stop.pending = True
+        return
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def stop_on_signals():
+    """Within this block (in the main thread), SIGTERM stops a run as Ctrl-C does (a
+    ``KeyboardInterrupt``, which :meth:`Trainer.fit` turns into :class:`Interrupted`), and a
+    checkpoint being written when either comes is finished first."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    sigs = (signal.SIGINT, signal.SIGTERM)
+    old = {s: signal.getsignal(s) for s in sigs}
+    _Stop.signame, _Stop.finishing, _Stop.pending = None, 0, False
+    for s in sigs:
+        signal.signal(s, _on_signal)
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+        _Stop.signame, _Stop.pending = None, False
+
+
+@contextmanager
+def _finish_first():
+    """Writes that must complete (a checkpoint and its metrics line, an earlier run moved
+    aside): a stop signal that comes meanwhile takes effect after them."""
+    _Stop.finishing += 1
+    try:
+        yield
+    finally:
+        _Stop.finishing -= 1
+    if _Stop.pending and not _Stop.finishing:
+        _Stop.pending = False
+        raise KeyboardInterrupt
+
+
+def _inference_steps(rule) -> int | None:
+    """``T`` of a rule that relaxes values for ``T`` inference steps (None: unknown, or none)."""
+    for owner in (rule, getattr(getattr(rule, "engine", None), "config", None), getattr(rule, "settings", None)):
+        T = getattr(owner, "T", None)
+        if isinstance(T, int) and not isinstance(T, bool):
+            return T
+    return None
+
+
+class _StepWatch:
+    """Progress within a slow training step. A thread wakes twice a second; once a step has run
+    ``trainer.slow_step`` seconds it shows the step's time and the inference step its rule is
+    at (``t/T``) on the epoch's bar, or, without a bar, in a progress line every
+    ``trainer.progress_every`` seconds. ``t`` comes from the kernel's ``observe`` hook (called
+    once per inference step), wrapped only once a step was slow: a run whose steps are fast
+    runs unchanged, and one that shows no progress (``--no-progress``, a rank other than 0)
+    has no watch at all. The executor reads the hook when a step starts, so it shows ``t``
+    from the second slow step on (the energy engine's loop at once)."""
+
+    def __init__(self, trainer: "Trainer"):
+        self.trainer = trainer
+        self.seen = None            # (the step's tuple, t): the last inference step observed
+        self.T = _inference_steps(trainer.exp.rule)
+        self.kernel = getattr(trainer.exp.rule, "kernel", None)
+        self.wrapped = None
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="pcgraph-step-progress", daemon=True)
+        self.thread.start()
+
+    def _wrap(self) -> None:
+        kernel, trainer = self.kernel, self.trainer
+        if kernel is None or "observe" in getattr(kernel, "__dict__", {"observe": None}):
+            return
+        inner = kernel.observe
+
+        def observe(t, eps, computed):
+            self.seen = (trainer._in_step, t)
+            inner(t, eps, computed)
+        try:
+            kernel.observe = self.wrapped = observe
+        except AttributeError:
+            self.wrapped = None
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join(timeout=2.0)
+        if self.wrapped is not None and self.kernel.__dict__.get("observe") is self.wrapped:
+            del self.kernel.observe
+
+    def _run(self) -> None:
+        tr = self.trainer
+        shown = base = None           # the postfix this watch set, and the one it extended
+        last_line = 0.0
+        while not self.done.wait(max(0.05, min(0.5, tr.slow_step / 2))):
+            try:
+                step, bar = tr._in_step, tr._bar
+                if bar is not None and bar.disable:
+                    bar = None
+                if step is None:
+                    if shown is not None and bar is not None and bar.postfix == shown:
+                        bar.set_postfix_str(base or "")
+                    shown = None
+                    continue
+                epoch, epochs, k, steps, t0 = step
+                now = time.perf_counter()
+                if now - t0 < tr.slow_step:
+                    continue
+                if self.wrapped is None:
+                    self._wrap()
+                seen = self.seen
+                at = ""
+                if seen is not None and seen[0] is step:
+                    at = f"inference step {seen[1]}" + (f"/{self.T}" if self.T is not None else "") + ", "
+                if bar is not None:
+                    if shown is None or bar.postfix != shown:
+                        base = bar.postfix
+                    shown = (f"{base}, " if base else "") + f"step {k}: {at}{now - t0:.1f}s"
+                    bar.set_postfix_str(shown)
+                elif (tr.progress_every is not None and now - t0 >= tr.progress_every
+                      and now - last_line >= tr.progress_every):
+                    last_line = now
+                    print(f"epoch {epoch}/{epochs}: step {k}/{steps} running for {now - t0:.1f}s"
+                          + (f", {at[:-2]}" if at else ""), file=sys.stderr, flush=True)
+            except Exception:       # noqa: BLE001 - progress is never a reason to fail
+                continue
 
 
 def _steps_per_epoch(spec: Spec, batches: GraphBatches) -> int:

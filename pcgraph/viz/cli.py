@@ -2,7 +2,7 @@
 
     pcgraph viz  SPEC -o FILE [--raw] [--wrap N] [--algorithm NAME] [--set KEY=VALUE ..]
     pcgraph wave SPEC -o FILE [--batch N] [--gamma G] [--T T] [--init-noise S]
-    pcgraph plot RUN_DIR [RUN_DIR ..] -o FILE
+    pcgraph plot RUN_DIR [RUN_DIR ..] -o FILE [--title T] [--threads N]
 
 ``add_parsers(sub)`` adds the three subparsers to the ``pcgraph`` subparsers object;
 ``COMMANDS`` maps each verb to its function (argparse namespace -> exit code). Every
@@ -45,6 +45,8 @@ def add_parsers(sub) -> None:
     plot.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (pcgraph run --out DIR)")
     plot.add_argument("-o", "--out", required=True, metavar="FILE", help="picture to write (.png .svg .pdf)")
     plot.add_argument("--title", help="figure title")
+    plot.add_argument("--threads", type=int, default=1, metavar="N",
+                      help="CPU threads for torch (default 1; as every verb takes it)")
 
 
 def cmd_viz(args: argparse.Namespace) -> int:

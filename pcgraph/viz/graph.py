@@ -29,6 +29,10 @@ from pathlib import Path
 from .errors import VizError
 
 FORMATS = (".png", ".svg", ".pdf", ".dot", ".gv")
+#: the most nodes a picture (.png, .svg, .pdf) draws: matplotlib takes minutes over thousands of
+#: boxes and arrows, and no one can read them. Graphviz text (.dot, .gv) has no limit (its
+#: layout is linear here). ``PCGRAPH_VIZ_MAX_NODES`` (or ``max_nodes=``) changes it; 0: none.
+MAX_DRAWN_NODES = 300
 ROLE_COLORS = {"input": "#9ecae1", "hidden": "#fdd0a2", "output": "#a1d99b", "derived": "#dadaeb",
                "relay": "#f0f0f0"}
 
@@ -214,8 +218,11 @@ def to_dot(cg, raw: bool = False, name: str = "pcgraph") -> str:
             for k, s in enumerate(e.sources):
                 lines.append(f"  {_q(s)} -> {_q(f)} [arrowhead=none, color={_q(c)}, taillabel={_q(k)}];")
             lines.append(f"  {_q(f)} -> {_q(e.dst)} [color={_q(c)}{style}];")
+    at_depth: dict[int, list[str]] = {}
+    for n, v in lay.nodes.items():
+        at_depth.setdefault(v.depth, []).append(n)
     for d in range(lay.max_depth, -1, -1):
-        names = [n for n, v in lay.nodes.items() if v.depth == d]
+        names = at_depth.get(d)
         if names:
             lines.append(f"  {{ rank=same; {'; '.join(_q(n) for n in names)}; }}  // depth {d}")
     lines.append("}")
@@ -223,8 +230,24 @@ def to_dot(cg, raw: bool = False, name: str = "pcgraph") -> str:
 
 
 # ------------------------------------------------------------------------ matplotlib ----
+def _drawn_limit(max_nodes: int | None) -> int:
+    """``max_nodes``, else ``PCGRAPH_VIZ_MAX_NODES``, else :data:`MAX_DRAWN_NODES` (0: no limit)."""
+    import os
+
+    if max_nodes is not None:
+        return max(0, int(max_nodes))
+    raw = os.environ.get("PCGRAPH_VIZ_MAX_NODES", "").strip()
+    if not raw:
+        return MAX_DRAWN_NODES
+    try:
+        return max(0, int(raw))
+    except ValueError:
+        raise VizError(f"PCGRAPH_VIZ_MAX_NODES must be a whole number of nodes (0: no limit), got {raw!r}",
+                       "PCGRAPH_VIZ_MAX_NODES") from None
+
+
 def draw_compiled(cg, path, raw: bool = False, title: str | None = None, dpi: int | None = None,
-                  wrap: int | None = None) -> Path:
+                  wrap: int | None = None, max_nodes: int | None = None) -> Path:
     """Write the drawing of the compiled graph ``cg`` to ``path`` (``.png``, ``.svg``,
     ``.pdf`` or ``.dot``/``.gv``); returns the path. Figure size grows with the number of
     columns (depths) and rows; fonts are capped and shrink on big graphs.
@@ -235,12 +258,23 @@ def draw_compiled(cg, path, raw: bool = False, title: str | None = None, dpi: in
     of at most 16 (up to 64 columns) or 32 columns of equal width; 0: never wrap.
 
     An order-free graph (``not cg.ordered``: a cycle, or a ``clamp:`` section) is drawn by
-    :func:`_draw_free` (no depth columns, no update steps; ``wrap`` is ignored)."""
+    :func:`_draw_free` (no depth columns, no update steps; ``wrap`` is ignored).
+
+    ``max_nodes``: a picture of a graph with more nodes is refused at once with a
+    :class:`VizError` that names the limit (default :data:`MAX_DRAWN_NODES`, or the
+    environment's ``PCGRAPH_VIZ_MAX_NODES``; 0: no limit); ``.dot`` text has none."""
     path = Path(path)
     ext = path.suffix.lower()
     if ext not in FORMATS:
         raise VizError(f"unknown picture format {ext or '(none)'!r} (known: {', '.join(FORMATS)})", "-o",
                        str(path))
+    limit = _drawn_limit(max_nodes)
+    g = cg.source if raw else cg.graph
+    if ext not in (".dot", ".gv") and limit and len(g.nodes) > limit:
+        raise VizError(f"the graph has {len(g.nodes)} nodes and {len(g.edges)} edges; a picture draws at most "
+                       f"{limit} nodes (matplotlib would take minutes and no one could read it): write Graphviz "
+                       f"text instead (-o {path.stem}.dot, no limit), or raise the limit with "
+                       f"PCGRAPH_VIZ_MAX_NODES=N (0: none)", "-o", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     if ext in (".dot", ".gv"):
         path.write_text(to_dot(cg, raw, name=title or "pcgraph"))
@@ -453,10 +487,11 @@ def free_layout(cg, raw: bool = False) -> Layout:
     by_role = cg.clamped is None
     clamp = set(g.inputs) | set(g.outputs) if by_role else set(cg.clamped)
     nodes = {}
+    has_in = {e.dst for e in g.edges}
     for n, v in g.nodes.items():
         role = "derived" if n in derived and n not in clamp else v.role
         nodes[n] = VNode(n, tuple(v.shape) if v.shape else None, role, v.kind == "relay", None,
-                         clamped=n in clamp, root=not g.in_edges(n))
+                         clamped=n in clamp, root=n not in has_in)
     edges = _vedges(g, ops, nodes, None)
     succ: dict[str, list[str]] = {n: [] for n in nodes}
     preds: dict[str, list[str]] = {n: [] for n in nodes}
@@ -467,10 +502,15 @@ def free_layout(cg, raw: bool = False) -> Layout:
     hop: dict[str, int] = {}
     names = list(nodes)
     frontier = [n for n in names if nodes[n].root]
+    clamped_names = [n for n in names if nodes[n].clamped]
+    first = first_clamped = 0           # (everything before these is placed: one pass overall)
     while len(hop) < len(names):
         if not frontier:       # a part no root reaches (e.g. a pure cycle)
-            rest = [n for n in names if n not in hop]
-            frontier = [next((n for n in rest if nodes[n].clamped), rest[0])]
+            while first_clamped < len(clamped_names) and clamped_names[first_clamped] in hop:
+                first_clamped += 1
+            while names[first] in hop:
+                first += 1
+            frontier = [clamped_names[first_clamped] if first_clamped < len(clamped_names) else names[first]]
         for n in frontier:
             hop[n] = 0
         while frontier:
