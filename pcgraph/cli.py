@@ -202,18 +202,24 @@ def default_out(name: str) -> Path:
     return Path("runs") / safe
 
 
-def _without_nproc(argv: list[str]) -> list[str]:
-    """The command line minus ``--nproc N`` or ``--nproc=N`` (what each of the N processes
-    runs; the parsers refuse abbreviations, so no other spelling reaches here)."""
+def _drop_flags(argv: list[str], with_value: tuple[str, ...] = (), alone: tuple[str, ...] = ()) -> list[str]:
+    """``argv`` without the flags in ``with_value`` (with their value: ``--flag V`` or
+    ``--flag=V``) and the bare flags in ``alone``. The parsers refuse abbreviations, so no
+    other spelling reaches here."""
     out, skip = [], False
     for tok in argv:
         if skip:
             skip = False
-        elif tok == "--nproc":
+        elif tok in with_value:
             skip = True
-        elif not tok.startswith("--nproc="):
+        elif tok not in alone and not tok.startswith(tuple(f"{f}=" for f in with_value)):
             out.append(tok)
     return out
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    """The command line minus ``--nproc N`` or ``--nproc=N`` (what each of the N processes runs)."""
+    return _drop_flags(argv, with_value=("--nproc",))
 
 
 def _resume_command(argv: list[str], out: Path) -> str:
@@ -221,14 +227,7 @@ def _resume_command(argv: list[str], out: Path) -> str:
     with --out DIR and --resume."""
     import shlex
 
-    words, skip = [], False
-    for tok in argv:
-        if skip:
-            skip = False
-        elif tok == "--init":
-            skip = True
-        elif tok not in ("--restart", "--resume") and not tok.startswith("--init="):
-            words.append(tok)
+    words = _drop_flags(argv, with_value=("--init",), alone=("--restart", "--resume"))
     if not any(t == "--out" or t.startswith("--out=") for t in words):
         words += ["--out", str(out)]
     return shlex.join(["pcgraph", *words, "--resume"])
