@@ -96,11 +96,71 @@ def run_launcher(argv: list, timeout: float = 240, **kw):
     try:
         stdout, stderr = launcher.communicate(timeout=timeout)
     finally:
-        if launcher.poll() is None:
-            launcher.terminate()
-            try:
-                launcher.communicate(timeout=60)
-            except subprocess.TimeoutExpired:
-                launcher.kill()
-                launcher.communicate()
+        stop_process(launcher)
     return launcher.returncode, stdout, stderr
+
+
+def stop_process(proc) -> None:
+    """If ``proc`` still runs: SIGTERM (a launcher then stops its workers), and SIGKILL after 60 s."""
+    import subprocess
+
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+
+
+def adding_yaml(name: str, epochs: int) -> str:
+    """The adding problem (generated, nothing to import) as YAML: 50 training samples in batches
+    of 16 (16, 16, 16, 2), a 12-16-1 zil network under Adam; each step takes a few milliseconds."""
+    return f"""\
+name: {name}
+seed: 3
+data: {{dataset: adding, batch_size: 16, test_batch_size: 25, options: {{length: 6, train_size: 50, test_size: 45}}}}
+model:
+  nodes:
+    - {{name: x, shape: [12], role: input}}
+    - {{name: h, shape: [16]}}
+    - {{name: y, shape: [1], role: output}}
+  edges:
+    - {{from: x, to: h, op: linear, activation: identity, bias: true}}
+    - {{from: h, to: y, op: linear, activation: tanh, bias: true}}
+loss: mse
+train:
+  algorithm: zil
+  epochs: {epochs}
+  optimizer: {{name: adam, lr: 0.01}}
+"""
+
+
+def tiny_yaml(algorithm: str) -> str:
+    """A 64-8-10 digits network as YAML (64 training and 64 test samples, one epoch)."""
+    return f"""\
+name: tiny
+data: {{dataset: digits, batch_size: 32, train_subset: 64, test_subset: 64}}
+model:
+  nodes:
+    - {{name: x, shape: [64], role: input}}
+    - {{name: h, shape: [8]}}
+    - {{name: y, shape: [10], role: output}}
+  edges:
+    - {{from: x, to: h}}
+    - {{from: h, to: y}}
+loss: mse
+train: {{algorithm: {algorithm}, epochs: 1, optimizer: {{name: sgd, lr: 0.01}}}}
+"""
+
+
+def causal_cross_attention_spec() -> Spec:
+    """x -> q (linear) and x -> kv (token_linear) -> causal two-head cross attention -> y (10 classes)."""
+    s = Spec(name="att", seed=3)
+    s.add_node("x", [6, 8], role="input").add_node("q", [5, 8]).add_node("kv", [6, 8])
+    s.add_node("a", [5, 12]).add_node("y", [10], role="output")
+    s.add_edge("x", "q", op="linear", activation="identity", bias=True)
+    s.add_edge("x", "kv", op="token_linear", activation="tanh", bias=True)
+    s.add_edge(["q", "kv"], "a", op="attention", activation=["identity", "tanh"], heads=2, causal=True, bias=True)
+    s.add_edge("a", "y", op="linear", activation="tanh", bias=True)
+    return s.set_loss("cross_entropy")

@@ -162,19 +162,10 @@ def test_float32_matches_float64():
 def test_executor_reuses_the_forward(monkeypatch):
     """On the executor's path the kernel keeps attention's linearization from the
     prediction and its pullback serves the VJP (no second forward), with autograd's numbers."""
-    from pcgraph import Spec
     from pcgraph.compile import PCKernel
-    from helpers import network
+    from helpers import causal_cross_attention_spec, network
 
-    s = Spec(name="att", seed=3)
-    s.add_node("x", [6, 8], role="input").add_node("q", [5, 8]).add_node("kv", [6, 8])
-    s.add_node("a", [5, 12]).add_node("y", [10], role="output")
-    s.add_edge("x", "q", op="linear", activation="identity", bias=True)
-    s.add_edge("x", "kv", op="token_linear", activation="tanh", bias=True)
-    s.add_edge(["q", "kv"], "a", op="attention", activation=["identity", "tanh"], heads=2, causal=True, bias=True)
-    s.add_edge("a", "y", op="linear", activation="tanh", bias=True)
-    s.set_loss("cross_entropy")
-    net = network(s, dtype=torch.float64)
+    net = network(causal_cross_attention_spec(), dtype=torch.float64)
     cg = net.compiled
     i = next(j for j, o in enumerate(cg.ops) if o.name == "attention")
     op = cg.ops[i]

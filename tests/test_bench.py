@@ -17,6 +17,8 @@ from pcgraph.errors import SpecError
 from pcgraph.rules import make_rule
 from pcgraph.train import Experiment, make_optimizer
 
+from helpers import causal_cross_attention_spec
+
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = str(ROOT / "graphs" / "quickstart.yaml")
 FAST = ["--rounds", "2", "--batch", "8", "--steps", "2", "--warmup", "1", "--no-memory"]
@@ -75,23 +77,12 @@ def test_optimizer_variant_needs_the_implementation(tmp_path, capsys):
     assert "--algorithms" in err and "rmsprop has no fused implementation" in err
 
 
-def _causal_cross_attention() -> Spec:
-    s = Spec(name="att", seed=3)
-    s.add_node("x", [6, 8], role="input").add_node("q", [5, 8]).add_node("kv", [6, 8])
-    s.add_node("a", [5, 12]).add_node("y", [10], role="output")
-    s.add_edge("x", "q", op="linear", activation="identity", bias=True)
-    s.add_edge("x", "kv", op="token_linear", activation="tanh", bias=True)
-    s.add_edge(["q", "kv"], "a", op="attention", activation=["identity", "tanh"], heads=2, causal=True, bias=True)
-    s.add_edge("a", "y", op="linear", activation="tanh", bias=True)
-    return s.set_loss("cross_entropy")
-
-
 @pytest.mark.parametrize("spec", ["residual_mlp.yaml", "gated_mlp.yaml", "seq_mnist_rnn.yaml",
                                   "transformer_block.yaml", "causal cross attention"])
 def test_spec_module_is_the_spec_and_its_gradients_are_bp(spec):
     """The torch baseline computes pcgraph's function, and autograd through it gives BP's
     gradients (shared parameters, skips, SDPA attention), in float64."""
-    s = _causal_cross_attention() if " " in spec else Spec.load(ROOT / "graphs" / spec)
+    s = causal_cross_attention_spec() if " " in spec else Spec.load(ROOT / "graphs" / spec)
     exp = Experiment.build(s, dtype="float64", with_data=False)
     cg = exp.compiled
     g = torch.Generator().manual_seed(0)

@@ -26,26 +26,11 @@ from pcgraph import Spec, SpecError, cli
 from pcgraph.train import distributed as dp_mod
 from pcgraph.train.distributed import DataParallel, RankLost
 
+from helpers import adding_yaml, stop_process
+
 ROOT = Path(__file__).resolve().parents[1]
 
-SPEC = """\
-name: lost
-seed: 3
-data: {dataset: adding, batch_size: 16, test_batch_size: 25, options: {length: 6, train_size: 50, test_size: 45}}
-model:
-  nodes:
-    - {name: x, shape: [12], role: input}
-    - {name: h, shape: [16]}
-    - {name: y, shape: [1], role: output}
-  edges:
-    - {from: x, to: h, op: linear, activation: identity, bias: true}
-    - {from: h, to: y, op: linear, activation: tanh, bias: true}
-loss: mse
-train:
-  algorithm: zil
-  epochs: 1000
-  optimizer: {name: adam, lr: 0.01}
-"""
+SPEC = adding_yaml("lost", epochs=1000)
 
 
 # ---- the setting --------------------------------------------------------------------------------
@@ -140,13 +125,7 @@ def _lose_rank_1(tmp_path, how: signal.Signals, *extra) -> tuple[int, str, Path,
         os.kill(victim, how)
         _, stderr = proc.communicate(timeout=180)
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.communicate(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.communicate()
+        stop_process(proc)
         if victim is not None:
             for sig in (signal.SIGKILL, signal.SIGCONT):
                 try:

@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 import test_rules  # noqa: E402  (registers its rules that own trainable parameters)
-from helpers import mlp_spec, run_launcher  # noqa: E402
+from helpers import adding_yaml, mlp_spec, run_launcher  # noqa: E402
 
 from pcgraph import PCGraphError, Spec, cli  # noqa: E402
 from pcgraph.data import Splits  # noqa: E402
@@ -166,24 +166,7 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
 
 
 #: the adding problem (generated, nothing to import): 50 samples in batches of 16 (16, 16, 16, 2)
-SPEC = """\
-name: dp
-seed: 3
-data: {dataset: adding, batch_size: 16, test_batch_size: 25, options: {length: 6, train_size: 50, test_size: 45}}
-model:
-  nodes:
-    - {name: x, shape: [12], role: input}
-    - {name: h, shape: [16]}
-    - {name: y, shape: [1], role: output}
-  edges:
-    - {from: x, to: h, op: linear, activation: identity, bias: true}
-    - {from: h, to: y, op: linear, activation: tanh, bias: true}
-loss: mse
-train:
-  algorithm: zil
-  epochs: 1
-  optimizer: {name: adam, lr: 0.01}
-"""
+SPEC = adding_yaml("dp", epochs=1)
 
 
 def test_cli_nproc_2_then_resume_in_one_process(tmp_path, capsys):

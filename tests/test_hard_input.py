@@ -13,23 +13,12 @@ from pcgraph.cli import main
 from pcgraph.errors import CheckpointError
 from pcgraph.spec import Spec
 
+from helpers import tiny_yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "graphs" / "quickstart.yaml"
 
-GOOD = textwrap.dedent("""\
-    name: tiny
-    data: {dataset: digits, batch_size: 32, train_subset: 64, test_subset: 64}
-    model:
-      nodes:
-        - {name: x, shape: [64], role: input}
-        - {name: h, shape: [8]}
-        - {name: y, shape: [10], role: output}
-      edges:
-        - {from: x, to: h}
-        - {from: h, to: y}
-    loss: mse
-    train: {algorithm: zil, epochs: 1, optimizer: {name: sgd, lr: 0.01}}
-    """)
+GOOD = tiny_yaml("zil")
 
 
 def _cli_error(capsys, argv) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import inspect
 import struct
-import textwrap
 import zipfile
 
 import pytest
@@ -16,20 +15,9 @@ from pcgraph.errors import CheckpointError, SpecError
 from pcgraph.train.checkpoint import DIGESTS, FORMAT, load_checkpoint, save_checkpoint
 from pcgraph.train.optim import OPTIMIZERS, check_optimizer_config, make_optimizer
 
-GOOD = textwrap.dedent("""\
-    name: tiny
-    data: {dataset: digits, batch_size: 32, train_subset: 64, test_subset: 64}
-    model:
-      nodes:
-        - {name: x, shape: [64], role: input}
-        - {name: h, shape: [8]}
-        - {name: y, shape: [10], role: output}
-      edges:
-        - {from: x, to: h}
-        - {from: h, to: y}
-    loss: mse
-    train: {algorithm: bp, epochs: 1, optimizer: {name: sgd, lr: 0.01}}
-    """)
+from helpers import tiny_yaml
+
+GOOD = tiny_yaml("bp")
 
 
 @pytest.fixture

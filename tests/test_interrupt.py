@@ -23,27 +23,12 @@ from pcgraph import Spec, cli
 from pcgraph.train import Experiment, Trainer
 from pcgraph.train import trainer as trainer_mod
 
+from helpers import adding_yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 
 #: the adding problem (generated): 4 steps per epoch, each a few milliseconds
-SPEC = """\
-name: stop
-seed: 3
-data: {dataset: adding, batch_size: 16, test_batch_size: 25, options: {length: 6, train_size: 50, test_size: 45}}
-model:
-  nodes:
-    - {name: x, shape: [12], role: input}
-    - {name: h, shape: [16]}
-    - {name: y, shape: [1], role: output}
-  edges:
-    - {from: x, to: h, op: linear, activation: identity, bias: true}
-    - {from: h, to: y, op: linear, activation: tanh, bias: true}
-loss: mse
-train:
-  algorithm: zil
-  epochs: 1000
-  optimizer: {name: adam, lr: 0.01}
-"""
+SPEC = adding_yaml("stop", epochs=1000)
 LINE = re.compile(r"^interrupted \((SIG\w+)\)(?: in epoch \d+, step \d+/\d+| after epoch \d+): the checkpoint of "
                   r"epoch (\d+) is (\S+); continue with: (pcgraph run .* --resume)$")
 
