@@ -306,6 +306,12 @@ def _rank_lost(err) -> int:
     return LOST
 
 
+def _note(verb: str):
+    """One line on stderr about an input that still loads (``pcgraph VERB: note: ...``): e.g. a
+    checkpoint written before checkpoints carried digests, loaded unverified."""
+    return lambda message: print(f"pcgraph {verb}: {message}", file=sys.stderr)
+
+
 def _train(args, spec, out: Path) -> int:
     """Build and train ``spec`` in this process (one of N under a launcher)."""
     from .train import Experiment, Trainer
@@ -313,20 +319,21 @@ def _train(args, spec, out: Path) -> int:
 
     dp = DataParallel.from_env(args.device, spec.train.distributed_timeout) if under_launcher() else None
     try:
+        main = dp is None or dp.is_main          # only rank 0 prints and writes
+        say = print if main else (lambda *a, **k: None)
+        note = _note("run") if main else (lambda *a, **k: None)
         exp = Experiment.build(spec, dp.device if dp else args.device, args.dtype)
         if args.init:
             from .importer import load_weights
 
-            load_weights(exp.net, args.init)
+            load_weights(exp.net, args.init, note=note)
         if dp is not None:
             dp.attach(exp)
-        main = dp is None or dp.is_main          # only rank 0 prints and writes
-        say = print if main else (lambda *a, **k: None)
         tty = sys.stderr.isatty()
         # a terminal gets a progress bar; a log file a progress line every 30 s during an epoch
         trainer = Trainer(exp, out, progress=main and not args.no_progress and tty, log=say,
                           progress_every=None if not main or args.no_progress or tty else 30.0,
-                          restart=args.restart, resume_hint=_resume_hint(args, out))
+                          restart=args.restart, resume_hint=_resume_hint(args, out), note=note)
         if args.tensorboard and main:
             from .viz import TensorBoardLogger
 
@@ -454,7 +461,7 @@ def cmd_infer(args) -> int:
         raise SpecError(f"expected at least 1 sample, got {args.n}", "-n")
     if args.out:
         _out_dir(args.out)
-    exp = load_experiment(args.spec, args.sets, args.algorithm, args.device, args.dtype)
+    exp = load_experiment(args.spec, args.sets, args.algorithm, args.device, args.dtype, note=_note("infer"))
     bar = None
     if not args.no_progress and sys.stderr.isatty():
         from tqdm.auto import tqdm

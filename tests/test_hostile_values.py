@@ -74,15 +74,84 @@ def test_a_changed_model_tensor_is_named(tmp_path):
         load_checkpoint(path)
 
 
+def _without_digests(ckpt) -> None:
+    """``ckpt`` as written before checkpoints carried digests."""
+    state = torch.load(ckpt, weights_only=True)
+    del state[DIGESTS]
+    assert state["format"] == FORMAT
+    torch.save(state, ckpt)
+
+
+def _one_note(err: str, verb: str, ckpt) -> None:
+    """``err`` (stderr) is exactly one line: the note that ``ckpt`` is loaded unverified."""
+    assert err.strip() == (f"pcgraph {verb}: note: {ckpt} was written before checkpoints carried digests: "
+                           "it is loaded unverified"), err
+
+
 def test_a_checkpoint_without_digests_still_resumes_with_a_note(spec, tmp_path, capsys):
     out = _trained(spec, tmp_path, capsys)
-    state = torch.load(out / "checkpoint.pt", weights_only=True)
-    del state[DIGESTS]                       # as written before digests existed
-    assert state["format"] == FORMAT
-    torch.save(state, out / "checkpoint.pt")
+    _without_digests(out / "checkpoint.pt")
     assert main(["run", str(spec), "--out", str(out), "--resume", "--epochs", "2", "--no-progress"]) == 0
-    said = capsys.readouterr().out
-    assert "written before checkpoints carried digests" in said and "resumed from" in said
+    said = capsys.readouterr()
+    assert "resumed from" in said.out and "digests" not in said.out
+    _one_note(said.err, "run", out / "checkpoint.pt")
+
+
+def test_infer_on_a_checkpoint_without_digests_loads_with_one_note(spec, tmp_path, capsys):
+    out = _trained(spec, tmp_path, capsys)
+    assert main(["infer", str(out)]) == 0
+    assert capsys.readouterr().err == ""                 # a checkpoint with digests: verified, nothing said
+    _without_digests(out / "checkpoint.pt")
+    assert main(["infer", str(out)]) == 0
+    said = capsys.readouterr()
+    assert "accuracy" in said.out
+    _one_note(said.err, "infer", out / "checkpoint.pt")
+
+
+def test_infer_refuses_a_changed_checkpoint(spec, tmp_path, capsys):
+    out = _trained(spec, tmp_path, capsys)
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    state["model"]["params.x_to_h.weight"][0, 0] += 1.0
+    torch.save(state, out / "checkpoint.pt")
+    err = _error(capsys, ["infer", str(out)])
+    assert "params.x_to_h.weight" in err and "does not match the digest" in err
+
+
+# ---- --init: another run's checkpoint is verified as a resume verifies it ---------------------
+
+def test_init_from_a_checkpoint_verifies_its_digests(spec, tmp_path, capsys):
+    first = _trained(spec, tmp_path, capsys)
+    ckpt = first / "checkpoint.pt"
+    assert main(["run", str(spec), "--out", str(tmp_path / "a"), "--init", str(ckpt), "--no-progress"]) == 0
+    assert capsys.readouterr().err == ""
+    state = torch.load(ckpt, weights_only=True)
+    state["model"]["params.h_to_y.weight"][1, 2] *= -1.5     # changed after it was written, digests kept
+    torch.save(state, ckpt)
+    err = _error(capsys, ["run", str(spec), "--out", str(tmp_path / "b"), "--init", str(ckpt), "--no-progress"])
+    assert err.startswith(f"pcgraph run: error: {ckpt}: model/params.h_to_y.weight: this tensor does not match "
+                          "the digest"), err
+    assert not (tmp_path / "b" / "checkpoint.pt").exists()
+    state[DIGESTS]["data"] = "0" * 64                         # (the data digest, the tensors' restored)
+    state["model"]["params.h_to_y.weight"][1, 2] /= -1.5
+    torch.save(state, ckpt)
+    err = _error(capsys, ["run", str(spec), "--out", str(tmp_path / "c"), "--init", str(ckpt), "--no-progress"])
+    assert "data" in err and "does not match the digest" in err
+
+
+def test_init_from_a_checkpoint_without_digests_loads_with_one_note(spec, tmp_path, capsys):
+    first = _trained(spec, tmp_path, capsys)
+    _without_digests(first / "checkpoint.pt")
+    assert main(["run", str(spec), "--out", str(tmp_path / "a"), "--init", str(first / "checkpoint.pt"),
+                 "--no-progress"]) == 0
+    _one_note(capsys.readouterr().err, "run", first / "checkpoint.pt")
+
+
+def test_init_from_a_plain_state_dict_says_nothing(spec, tmp_path, capsys):
+    first = _trained(spec, tmp_path, capsys)
+    weights = tmp_path / "w.pt"
+    torch.save(torch.load(first / "checkpoint.pt", weights_only=True)["model"], weights)
+    assert main(["run", str(spec), "--out", str(tmp_path / "a"), "--init", str(weights), "--no-progress"]) == 0
+    assert capsys.readouterr().err == ""
 
 
 def test_resume_at_another_dtype_is_refused(spec, tmp_path, capsys):

@@ -8,7 +8,7 @@ import pickle
 import contextlib
 import io
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -155,9 +155,16 @@ def _load(net, state: Mapping[str, torch.Tensor], what: str) -> None:
         net.load_state_dict(dict(state))
 
 
-def load_weights(net, path: str | Path) -> None:
+def load_weights(net, path: str | Path, note: Callable[[str], None] | None = None) -> None:
     """Load weights into a :class:`~pcgraph.PCNetwork`: a file written by
-    :meth:`ImportedModel.save` (or ``pcgraph import``), or a ``pcgraph run`` checkpoint."""
+    :meth:`ImportedModel.save` (or ``pcgraph import``), or a ``pcgraph run`` checkpoint.
+
+    A checkpoint is verified against the SHA-256 digests saved with it, as a resume verifies
+    it (a mismatch is a :class:`~pcgraph.errors.CheckpointError` naming the tensor); one
+    written before checkpoints carried digests is loaded unverified, and ``note`` is told so
+    in one line. A plain state_dict carries no digests (nothing to verify, nothing said)."""
+    from ..train.checkpoint import DIGESTS, FORMAT, verify
+
     path = Path(path)
     try:
         state = torch.load(path, map_location=net.device, weights_only=True)
@@ -171,6 +178,8 @@ def load_weights(net, path: str | Path) -> None:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise CheckpointError(f"cannot read the weights: {type(exc).__name__}: {first}", None, str(path)) from None
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        if state.get("format") == FORMAT or DIGESTS in state:      # a pcgraph checkpoint
+            verify(state, path, note)
         state = state["model"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError("not a weights file (expected a state_dict of tensors)", None, str(path))

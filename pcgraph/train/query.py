@@ -262,10 +262,11 @@ def class_mean_match(images: torch.Tensor, labels: torch.Tensor, batches) -> flo
 
 
 def load_experiment(path, overrides: list[str] | None = None, algorithm: str | None = None,
-                    device="cpu", dtype="float32"):
+                    device="cpu", dtype="float32", note: Callable[[str], None] | None = None):
     """An :class:`~pcgraph.train.Experiment` to query: from a run folder (or its
     ``checkpoint.pt``: the spec it was trained with and its trained weights) or from a spec
-    file (the seed's initial weights)."""
+    file (the seed's initial weights). The checkpoint is verified against its digests; one
+    written before checkpoints carried digests loads unverified, and ``note`` is told so."""
     from pathlib import Path
 
     from ..errors import CheckpointError, PCGraphError
@@ -280,7 +281,7 @@ def load_experiment(path, overrides: list[str] | None = None, algorithm: str | N
     if ckpt is None:
         spec = Spec.load(p, overrides=overrides, algorithm=algorithm)
         return Experiment.build(spec, device, dtype)
-    state = load_checkpoint(ckpt, map_location=device)
+    state = load_checkpoint(ckpt, map_location=device, note=note)
     try:
         spec = Spec.from_dict(state["spec"])
     except (PCGraphError, KeyError, TypeError) as exc:
@@ -297,12 +298,13 @@ def load_experiment(path, overrides: list[str] | None = None, algorithm: str | N
 
 def infer(spec_or_run, query: str = "predict", n: int | None = None, out=None, split: str | None = None,
           overrides: list[str] | None = None, algorithm: str | None = None, device="cpu", dtype="float32",
-          seed: int = 0, progress: Callable[[int, int], None] | None = None) -> QueryResult:
+          seed: int = 0, progress: Callable[[int, int], None] | None = None,
+          note: Callable[[str], None] | None = None) -> QueryResult:
     """Python form of ``pcgraph infer``: load a trained run (or a spec), answer ``query`` on
     ``n`` samples of ``split``, and, with ``out``, write ``OUT/<query>.pt`` (tensors),
     ``OUT/<query>.json`` (metrics and the energy curve), ``OUT/<query>.png`` (the picture grid,
     for image-shaped nodes) and ``OUT/<query>_energy.png``."""
-    exp = load_experiment(spec_or_run, overrides, algorithm, device, dtype)
+    exp = load_experiment(spec_or_run, overrides, algorithm, device, dtype, note)
     result = answer(exp, query, split, n, seed, progress)
     if out is not None:
         write_result(result, exp.compiled.graph, out)

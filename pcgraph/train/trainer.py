@@ -264,6 +264,9 @@ class Trainer:
     slow_step: float = 2.0
     #: the command that continues this run, named when it stops early (Ctrl-C, a lost rank)
     resume_hint: str | None = None
+    #: told, in one line, what is worth knowing about an input that still loads (a resumed
+    #: checkpoint written before digests existed: loaded unverified); None: :attr:`log`
+    note: Callable[[str], None] | None = None
 
     @property
     def _writes(self) -> bool:
@@ -284,7 +287,7 @@ class Trainer:
 
     def resume(self) -> None:
         path = self.checkpoint_path()
-        state = load_checkpoint(path, map_location=self.exp.net.device, note=self.log)
+        state = load_checkpoint(path, map_location=self.exp.net.device, note=self.note or self.log)
         # A change of precision is refused, not converted: a resumed run promises to continue the
         # same computation (as every other changed setting, it is refused below), and float32
         # weights cast to float64 (or back) continue a different one, with the optimizer's state
