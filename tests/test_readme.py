@@ -1,13 +1,16 @@
-"""The README says what happens.
+"""The README and the documentation pages say what happens.
 
-- Every ```bash / ```console block of README.md preceded by a ``<!-- cheap -->`` line (seconds,
-  no network, no GPU, no dataset files) runs and exits 0, in a temporary folder that sees the
-  repository's ``graphs/`` and ``examples/`` (so ``runs/``, ``docs/`` ... land there, never in
-  the tree).
-- Every ``figure: NAME`` block of the README is one that ``tools/readme_figures.py`` knows
-  (which reruns and rewrites them), and ``--list``, ``--check`` and the rewriting work.
-- The CLI synopsis names every verb and only flags that verb takes; every verb takes
-  ``--threads``; a missing CIFAR-10 is one line that says what to do.
+The pages are README.md and every Markdown file under docs/ (the guides the README's sections
+moved to); what is checked here holds wherever a block stands.
+
+- Every ```bash / ```console block preceded by a ``<!-- cheap -->`` line (seconds, no network,
+  no GPU, no dataset files) runs and exits 0, in a temporary folder that sees the repository's
+  ``graphs/`` and ``examples/`` (so ``runs/``, ``docs/`` ... land there, never in the tree).
+- Every ``figure: NAME`` block is one that ``tools/readme_figures.py`` knows (which reruns and
+  rewrites them), each figure stands in exactly one page, and ``--list``, ``--check`` and the
+  rewriting work.
+- The CLI synopsis (docs/guides/cli.md) names every verb and only flags that verb takes; every
+  verb takes ``--threads``; a missing CIFAR-10 is one line that says what to do.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+CLI_PAGE = ROOT / "docs" / "guides" / "cli.md"
 TOOL = ROOT / "tools" / "readme_figures.py"
 CHEAP = re.compile(r"^<!-- cheap -->[ \t]*\n```(bash|console)[ \t]*\n(.*?)^```", re.S | re.M)
 
@@ -36,8 +40,13 @@ def _tool():
     return mod
 
 
+def pages() -> list[Path]:
+    """README.md and the documentation pages (docs/**/*.md)."""
+    return [README, *sorted((ROOT / "docs").rglob("*.md"))]
+
+
 def cheap_blocks() -> list[tuple[str, str]]:
-    return [(m.group(1), m.group(2)) for m in CHEAP.finditer(README.read_text())]
+    return [(m.group(1), m.group(2)) for page in pages() for m in CHEAP.finditer(page.read_text())]
 
 
 def script_of(kind: str, body: str) -> str:
@@ -58,9 +67,13 @@ def _block_id(block: tuple[str, str]) -> str:
 
 
 def test_the_readme_marks_cheap_blocks_and_every_marker_is_on_a_block():
-    text = README.read_text()
-    assert text.count("<!-- cheap -->") == len(cheap_blocks()) >= 3, \
-        "a <!-- cheap --> marker must stand on its own line right above a ```bash or ```console block"
+    for page in pages():
+        text = page.read_text()
+        assert text.count("<!-- cheap -->") == len(CHEAP.findall(text)), \
+            f"{page.relative_to(ROOT)}: a <!-- cheap --> marker must stand on its own line right above a " \
+            f"```bash or ```console block"
+    assert len(cheap_blocks()) >= 3
+    assert CHEAP.search(README.read_text()), "the README's example is a cheap block"
 
 
 @pytest.mark.parametrize("block", cheap_blocks(), ids=_block_id)
@@ -77,10 +90,15 @@ def test_cheap_readme_block_runs(block, tmp_path):
 # ---- the figures -----------------------------------------------------------------------------
 
 def test_every_figure_block_is_known_to_the_script():
-    tool, text = _tool(), README.read_text()
-    names = tool.markers(text)
-    assert names, "the README has no figure blocks"
-    assert text.count("<!-- figure: ") == text.count("<!-- /figure -->") == len(names), "unbalanced markers"
+    tool, names = _tool(), []
+    assert tool.pages() == pages()
+    for page in pages():
+        text = page.read_text()
+        found = tool.markers(text)
+        assert text.count("<!-- figure: ") == text.count("<!-- /figure -->") == len(found), \
+            f"{page.relative_to(ROOT)}: unbalanced markers"
+        names += found
+    assert tool.markers(README.read_text()), "the README has no figure blocks"
     assert not [n for n in names if n not in tool.BY_NAME], "orphan figure markers"
     assert len(set(names)) == len(names), "a figure appears twice"
     assert sorted(names) == sorted(tool.BY_NAME), "a figure of the script has no block in the README"
@@ -94,7 +112,8 @@ def test_figures_list_is_cheap_and_names_every_figure():
     for f in tool.FIGURES:
         assert re.search(rf"^{re.escape(f.name)}  \[[^\]]+\]", res.stdout, re.M), f.name
     assert "benchmarks/run_all.py" in res.stdout          # the timing tables: listed, not rerun
-    assert "(no block in README.md)" not in res.stdout
+    assert "(no block in README.md or docs/)" not in res.stdout
+    assert "exactness  [" in res.stdout and "(in docs/guides/exactness.md)" in res.stdout
 
 
 def test_rewrite_keeps_inline_and_block_figures_in_place():
@@ -123,11 +142,11 @@ def test_check_shows_a_diff_and_writes_nothing_then_a_run_rewrites(tmp_path, mon
     assert tool.main(["--list", "--readme", str(readme)]) == 2          # an orphan marker is an error
 
 
-# ---- the CLI as the README shows it ----------------------------------------------------------
+# ---- the CLI as the guide shows it -----------------------------------------------------------
 
 def _synopsis() -> dict[str, set[str]]:
-    text = README.read_text()
-    block = re.search(r"^## The CLI\n\n```\n(.*?)^```", text, re.S | re.M).group(1)
+    text = CLI_PAGE.read_text()
+    block = re.search(r"^# The CLI\n.*?^```\n(pcgraph run .*?)^```", text, re.S | re.M).group(1)
     verbs: dict[str, set[str]] = {}
     verb = None
     for line in block.splitlines():

@@ -1,20 +1,22 @@
-"""Regenerate the measured figures that README.md quotes, from the commands that produce them.
+"""Regenerate the measured figures that README.md and the documentation pages quote, from the
+commands that produce them.
 
     python tools/readme_figures.py --list                    # every figure: its commands, its cost
-    python tools/readme_figures.py                           # rerun all, rewrite README.md's blocks
+    python tools/readme_figures.py                           # rerun all, rewrite their blocks
     python tools/readme_figures.py --only exactness,alexnet  # rerun some
     python tools/readme_figures.py --check [--only ..]       # rerun, show a diff, exit 1 if it differs
 
-The README holds each figure between markers, on their own lines for a table or inline in a
-sentence:
+README.md and the pages under docs/ (``docs/**/*.md``) hold each figure between markers, on
+their own lines for a table or inline in a sentence; a figure appears once, in whichever page
+it belongs to:
 
     <!-- figure: NAME -->
     ...what this script writes...
     <!-- /figure -->
 
-A figure is the command(s) that produce it plus a formatter; nothing else in the README is
+A figure is the command(s) that produce it plus a formatter; nothing else in the pages is
 touched, so text around the blocks may be edited freely. Every marker must name a figure known
-here (``tests/test_readme.py`` checks that, and runs the README's command blocks marked
+here (``tests/test_readme.py`` checks that, and runs the pages' command blocks marked
 ``<!-- cheap -->``). The figures are measured on whatever machine runs this: accuracies and
 losses are seeded and repeat on one machine; wall-clock times are never written (the Speed
 section's tables come from ``benchmarks/run_all.py`` and ``benchmarks/bench_pcx_speed.py``: see
@@ -45,6 +47,7 @@ from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+DOCS = ROOT / "docs"
 MARKER = re.compile(r"<!-- figure: ([A-Za-z0-9_.-]+) -->(.*?)<!-- /figure -->", re.S)
 SYNTHETIC = "data.dataset=cifar10_synthetic"     # CIFAR-10 is not available offline here
 
@@ -350,38 +353,38 @@ def build_alexnet(r: Runner, write: bool) -> str:
 
 
 FIGURES = [
-    Figure("quickstart", "~20 s", "the quickstart's final test accuracy (Two commands)",
+    Figure("quickstart", "~20 s", "the quickstart's final test accuracy (README: Two commands)",
            ["pcgraph run graphs/quickstart.yaml"], build_quickstart),
     Figure("plot_quickstart", "~1 min", "the quickstart's curves for zil, bp and il: docs/plot_quickstart.png "
-           "and the commands shown above it (Pictures)",
+           "and the commands shown above it (docs/gallery.md)",
            ["for a in zil bp il; do pcgraph run graphs/quickstart.yaml --algorithm $a --out runs/quickstart-$a; done",
             "pcgraph plot runs/quickstart-zil runs/quickstart-bp runs/quickstart-il -o docs/plot_quickstart.png"],
            build_plot_quickstart),
     Figure("exactness", "~16 min, 5 GB", "pcgraph check in float64 of zil and fazil "
-           "against bp on every kind of graph (Results: Exactness)",
+           "against bp on every kind of graph (docs/guides/exactness.md)",
            [f"pcgraph check graphs/{stem}.yaml --algorithm zil|fazil --dtype float64 --steps {steps}"
             + "".join(f" --set {s}" for s in sets) for _, stem, steps, sets in EXACT]
            + ["pcgraph check graphs/mnist_mlp.yaml --algorithm zil --dtype float64 --steps 20 "
               "--set train.algorithm.gamma=0.5"],
            build_exactness),
     Figure("float32", "~10 min, 5 GB", "which specs' float32 Z-IL gradients equal autograd's bit for bit, and the "
-           "float32 check (Results: float32)",
+           "float32 check (docs/guides/exactness.md)",
            ["(in this script) one batch of 64 through zil and bp from the same float32 parameters, per spec",
             *[f"pcgraph check graphs/{stem}.yaml --algorithm zil --dtype float32 --steps 10"
               + "".join(f" --set {s}" for s in sets) for stem, sets in FLOAT32]],
            build_float32),
-    Figure("training", "~13 min", "test accuracy / loss per epoch of zil and bp (Results: Training)",
+    Figure("training", "~13 min", "test accuracy / loss per epoch of zil and bp (docs/guides/exactness.md)",
            [" ".join(["pcgraph run", spec_path(stem), *algorithm_args(a), *args])
             for _, stem, args, _, _, algs in TRAINING for a in algs],
            build_training),
     Figure("alexnet", "~30 s, 4 GB", "torchvision's AlexNet imported: forward and one Z-IL step against "
-           "the module in float64, peak resident memory (Importing a torch model)",
+           "the module in float64, peak resident memory (docs/guides/import.md)",
            ["python examples/import_torch.py --alexnet   (peak RSS: getrusage(RUSAGE_CHILDREN) of a wrapper)"],
            build_alexnet),
 ]
 BY_NAME = {f.name: f for f in FIGURES}
 
-# Tables the README quotes that other scripts produce (timings, long benchmarks): listed, not rerun.
+# Tables the pages quote that other scripts produce (timings, long benchmarks): listed, not rerun.
 ELSEWHERE = [
     ("Speed: the standard set (ratios to torch)", "python benchmarks/run_all.py  (writes benchmarks/results/speed.md)"),
     ("Speed: against PCX", "taskset -c 0 python benchmarks/bench_pcx_speed.py --inductor --rounds 20"),
@@ -392,10 +395,22 @@ ELSEWHERE = [
 ]
 
 
-# ---- the README's blocks ----------------------------------------------------------------------
+# ---- the pages' blocks -----------------------------------------------------------------------
+
+def pages() -> list[Path]:
+    """README.md and every Markdown page under docs/: where figure blocks may stand."""
+    return [README, *sorted(DOCS.rglob("*.md"))]
+
 
 def markers(text: str) -> list[str]:
     return [m.group(1) for m in MARKER.finditer(text)]
+
+
+def _name(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return path.name
 
 
 def rewrite(text: str, values: dict[str, str]) -> str:
@@ -412,10 +427,10 @@ def rewrite(text: str, values: dict[str, str]) -> str:
     return MARKER.sub(sub, text)
 
 
-def list_figures(text: str) -> None:
-    present = set(markers(text))
+def list_figures(texts: dict[Path, str]) -> None:
+    where_is = {n: _name(path) for path, text in texts.items() for n in markers(text)}
     for f in FIGURES:
-        where = "" if f.name in present else "   (no block in README.md)"
+        where = f"   (in {where_is[f.name]})" if f.name in where_is else "   (no block in README.md or docs/)"
         print(f"{f.name}  [{f.cost}]  {f.what}{where}")
         for c in f.commands:
             print(f"    {c}")
@@ -430,27 +445,31 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", metavar="NAME,..", help="rerun these figures only")
     ap.add_argument("--list", action="store_true", help="list the figures, their commands and costs; run nothing")
     ap.add_argument("--check", action="store_true",
-                    help="rerun, print a diff against README.md and exit 1 if it differs; write nothing")
-    ap.add_argument("--readme", type=Path, default=README, help=argparse.SUPPRESS)
+                    help="rerun, print a diff against the pages and exit 1 if one differs; write nothing")
+    ap.add_argument("--readme", type=Path, default=None, help=argparse.SUPPRESS)   # (one page only: tests)
     ap.add_argument("--quiet", action="store_true", help="do not echo the commands")
     args = ap.parse_args(argv)
-    text = args.readme.read_text()
-    unknown = [n for n in markers(text) if n not in BY_NAME]
+    files = [args.readme] if args.readme is not None else pages()
+    texts = {path: path.read_text() for path in files}
+    unknown = [(n, path) for path, text in texts.items() for n in markers(text) if n not in BY_NAME]
     if unknown:
-        print(f"readme_figures: {args.readme.name} has blocks of unknown figures: {', '.join(unknown)} "
-              f"(known: {', '.join(BY_NAME)})", file=sys.stderr)
+        print(f"readme_figures: blocks of unknown figures: "
+              f"{', '.join(f'{n} ({_name(path)})' for n, path in unknown)} (known: {', '.join(BY_NAME)})",
+              file=sys.stderr)
         return 2
     if args.list:
-        list_figures(text)
+        list_figures(texts)
         return 0
     names = [n for n in args.only.split(",") if n] if args.only else [f.name for f in FIGURES]
     bad = [n for n in names if n not in BY_NAME]
     if bad:
         print(f"readme_figures: unknown figure(s) {', '.join(bad)} (known: {', '.join(BY_NAME)})", file=sys.stderr)
         return 2
-    missing = [n for n in names if n not in markers(text)]
+    present = {n for text in texts.values() for n in markers(text)}
+    missing = [n for n in names if n not in present]
     if missing:
-        print(f"readme_figures: {args.readme.name} has no block for {', '.join(missing)}", file=sys.stderr)
+        where = _name(args.readme) if args.readme is not None else "README.md or docs/"
+        print(f"readme_figures: {where} has no block for {', '.join(missing)}", file=sys.stderr)
         return 2
     tmp = Path(tempfile.mkdtemp(prefix="readme_figures."))
     runner = Runner(tmp, verbose=not args.quiet)
@@ -466,23 +485,30 @@ def main(argv: list[str] | None = None) -> int:
                 failed.append(n)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    text = args.readme.read_text()     # again: the README may have been edited while the figures ran
-    new = rewrite(text, values)
+    if args.check and failed:
+        print(f"readme_figures: failed: {', '.join(failed)}", file=sys.stderr)
+        return 2
+    differ = False
+    for path in files:
+        text = path.read_text()     # again: a page may have been edited while the figures ran
+        mine = [n for n in markers(text) if n in values]
+        if not mine:
+            continue
+        new = rewrite(text, values)
+        label = _name(path)
+        if args.check:
+            if new == text:
+                print(f"{label}: the figures {', '.join(mine)} are up to date")
+            else:
+                differ = True
+                sys.stdout.writelines(difflib.unified_diff(text.splitlines(True), new.splitlines(True),
+                                                           f"{label} (now)", f"{label} (measured)"))
+            continue
+        if new != text:
+            path.write_text(new)
+        print(f"{label}: rewrote {', '.join(mine)}" if new != text else f"{label}: {', '.join(mine)} unchanged")
     if args.check:
-        if failed:
-            print(f"readme_figures: failed: {', '.join(failed)}", file=sys.stderr)
-            return 2
-        if new == text:
-            print(f"{args.readme.name}: the figures {', '.join(names)} are up to date")
-            return 0
-        sys.stdout.writelines(difflib.unified_diff(text.splitlines(True), new.splitlines(True),
-                                                   f"{args.readme.name} (now)", f"{args.readme.name} (measured)"))
-        return 1
-    if new != text:
-        args.readme.write_text(new)
-    done = [n for n in names if n in values]
-    print(f"{args.readme.name}: rewrote {', '.join(done)}" if new != text else
-          f"{args.readme.name}: {', '.join(done) or 'nothing'} unchanged")
+        return 1 if differ else 0
     if failed:
         print(f"readme_figures: failed (block left as it was): {', '.join(failed)}", file=sys.stderr)
         return 2
