@@ -172,8 +172,8 @@ def test_relu_message_from_its_output_is_bitwise():
 
 # ---- the peak working memory -------------------------------------------------------------------
 
-def _peak_ratio(name: str, batch: int, release: bool = True) -> float:
-    """Peak working memory of one zil update (zero_grad, gradients, Adam step) over plain
+def _peak_ratio(name: str, batch: int, release: bool = True, rule_name: str = "zil") -> float:
+    """Peak working memory of one ``rule_name`` update (zero_grad, gradients, Adam step) over plain
     torch autograd's on the spec as an ``nn.Module`` (``pcgraph bench``'s ``torch``), each
     after two warm-up updates, measured by ``pcgraph.bench.peak_bytes``."""
     spec = Spec.load(GRAPHS / f"{name}.yaml")
@@ -191,7 +191,7 @@ def _peak_ratio(name: str, batch: int, release: bool = True) -> float:
         opt_t.step()
 
     pc = copy.deepcopy(net)
-    rule = make_rule("zil", pc, {}, seed=0)
+    rule = make_rule(rule_name, pc, {}, seed=0)
     opt_z = torch.optim.Adam(pc.parameters(), lr=1e-3)
     compute = rule.compute_grads if release else (lambda i, t: InferenceLearning.compute_grads(rule, i, t))
 
@@ -219,3 +219,13 @@ def test_zil_peak_memory_on_the_wide_mlp_is_torchs():
     """Measured (batch 1024, float32): 1.00x torch with release, 1.35x without."""
     ratio = _peak_ratio("mnist_mlp_wide", 1024)
     assert ratio <= 1.1, f"zil's peak working memory is {ratio:.2f}x torch's on the wide MLP"
+
+
+@pytest.mark.parametrize("name,batch", [("mnist_cnn", 64), ("mnist_mlp_wide", 1024)])
+def test_fazil_peak_memory_is_near_torchs(name, batch):
+    """Fa-Z-IL's event-driven step runs Z-IL's plan with the same release. Measured (float32):
+    1.12x torch on the CNN (2.00x before it released; the rest is the integer buffer its
+    count of the first convolution's error takes), 1.01x on the wide MLP at batch 1024
+    (1.59x before). The issue's bound for Z-IL, 1.2x, holds for it too."""
+    ratio = _peak_ratio(name, batch, rule_name="fazil")
+    assert ratio <= 1.2, f"fazil's peak working memory is {ratio:.2f}x torch's on {name}"

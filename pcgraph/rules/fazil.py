@@ -553,7 +553,9 @@ class FullyAutonomousZIL(LearningRule):
         loss = self.objective.value(outputs, targets)
         k.begin("learn", None)
         batch = next(iter(inputs.values())).shape[0]
-        updates = run_plan(k, self.plan, state, targets, scale=self.grad_scale(batch)).updates
+        # the step reads only the updates (and the kernel counts the errors it keeps): the
+        # executor drops each quantity after its last read, as under zil (the same numbers)
+        updates = run_plan(k, self.plan, state, targets, scale=self.grad_scale(batch), release=True).updates
         k.finish()
         self.write_grads(updates, batch, scaled=True)
         return StepInfo(float(loss), outputs)
