@@ -51,7 +51,7 @@ def test_dot_marks_relays_factors_and_update_steps():
     assert re.search(r'"h1~1" \[label="h1~1\\n\[48\]\\nt=3", style="dashed', dot)
     assert "(W_rec)" in dot and "t=4" in dot
     gated = to_dot(compiled("gated_mlp"))
-    assert "shape=point" in gated and "mul tanh,sigmoid" in gated
+    assert "shape=point" in gated and "mul(tanh(a), \u03c3(b))" in gated     # activations on the sources
 
 
 def test_viz_raw_draws_the_source_graph(tmp_path):

@@ -127,11 +127,11 @@ def test_dot_names_the_cycle_and_marks_clamped_nodes():
     assert "order-free (cycle a -> b -> a)" in dot
     assert '"x" [label="x\\n[64]\\nclamped input", style="rounded,filled,bold"' in dot
     assert '"a" [label="a\\n[8]\\nfree", style="rounded"' in dot
-    assert '"a" -> "b"' in dot and '"b" -> "a"' in dot and "linear tanh" in dot
+    assert '"a" -> "b"' in dot and '"b" -> "a"' in dot and "linear(tanh(b))" in dot   # tanh acts on b
     dot = to_dot(compiled(generative_dict()))
     assert "clamped by the spec's clamp section" in dot and "no update step schedule" in dot
     dot = to_dot(compiled(latent_dict()))
-    assert "free root (latent)" in dot and "shape=point" in dot and "mul tanh,sigmoid" in dot
+    assert "free root (latent)" in dot and "shape=point" in dot and "mul(tanh(c), \u03c3(z))" in dot
 
 
 def test_cli_viz_and_show_on_a_cyclic_spec(tmp_path, capsys):

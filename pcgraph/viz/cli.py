@@ -1,6 +1,6 @@
 """CLI verbs of :mod:`pcgraph.viz`, for ``pcgraph/cli.py`` to wire in:
 
-    pcgraph viz  SPEC -o FILE [--raw] [--wrap N] [--algorithm NAME] [--set KEY=VALUE ..]
+    pcgraph viz  SPEC -o FILE [--raw] [--direction TB|LR] [--wrap N] [--expand] [--algorithm NAME] [--set ..]
     pcgraph wave SPEC -o FILE [--batch N] [--gamma G] [--T T] [--init-noise S]
     pcgraph plot RUN_DIR [RUN_DIR ..] -o FILE [--title T] [--threads N]
 
@@ -18,16 +18,23 @@ def add_parsers(sub) -> None:
     from ..cli import _spec_args
 
     viz = sub.add_parser("viz", allow_abbrev=False, help="draw the compiled graph (png, svg, pdf, dot)",
-                         description="Draw the compiled graph laid out by depth (one column per inference "
-                                     "step; edges coloured by Z-IL's update step, relays dashed) to FILE: "
-                                     ".png, .svg, .pdf (matplotlib) or .dot (Graphviz text). An order-free "
-                                     "graph (a cycle, or a 'clamp:' section) has no steps: clamped nodes are "
-                                     "drawn filled, free ones outlined, columns are hops from the roots.")
+                         description="Draw the compiled graph by depth (one rank per inference step, inputs at "
+                                     "the top; edges labelled op(activation(source)) with their options and "
+                                     "parameter count, coloured by Z-IL's update step; relays dashed) to FILE: "
+                                     ".png, .svg, .pdf (matplotlib) or .dot (Graphviz text, every node). An "
+                                     "unrolled cell is drawn once, as its step k (--expand: every step). An "
+                                     "order-free graph (a cycle, or a 'clamp:' section) has no steps: clamped "
+                                     "nodes are drawn filled, free ones outlined, columns are hops from the roots.")
     _spec_args(viz)
     viz.add_argument("-o", "--out", required=True, metavar="FILE", help="picture to write (.png .svg .pdf .dot)")
     viz.add_argument("--raw", action="store_true", help="draw the graph as written (no relays)")
+    viz.add_argument("--direction", choices=("TB", "LR"), default=None,
+                     help="TB: depth top-down (default); LR: inputs left, outputs right")
     viz.add_argument("--wrap", type=int, metavar="N",
-                     help="steps per band for deep graphs (default: automatic above 24 steps; 0: one band)")
+                     help="left to right, in bands of N steps read top to bottom (implies --direction LR; "
+                          "default with LR: automatic above 24 steps; 0: one band)")
+    viz.add_argument("--expand", action="store_true",
+                     help="draw every step of an unrolled cell (default: the cell once, as its step k)")
 
     wave = sub.add_parser("wave", allow_abbrev=False, help="heat maps of the error wave under Z-IL and IL",
                           description="Run one training batch through Z-IL and IL (reference interpreter, every "
@@ -69,7 +76,8 @@ def cmd_viz(args: argparse.Namespace) -> int:
                 "drawn without the rule)")
     if args.wrap is not None and args.wrap < 0:
         raise SpecError(f"--wrap must be >= 0, got {args.wrap}", "--wrap")
-    path = draw_compiled(compiled, args.out, raw=args.raw, title=spec.name, wrap=args.wrap)
+    path = draw_compiled(compiled, args.out, raw=args.raw, title=spec.name, wrap=args.wrap,
+                         collapse=not args.expand, direction=args.direction)
     print(f"wrote {path}{note}")
     return 0
 

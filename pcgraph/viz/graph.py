@@ -1,16 +1,28 @@
-"""Draw a compiled graph laid out by depth: one column per inference step.
+"""Draw a compiled graph by depth: one rank per inference step.
 
-Column ``t = depth(node)``: inputs at the far left (the largest depth), outputs at the
-right (depth 0); a node's label gives its name, shape and ``t``. Every edge is labelled
-with its op, activation(s) and parameter count and coloured by the step at which it
-updates under Z-IL (``t = depth(dst)``; parameter-free edges are grey). A multi-source
-edge is drawn as a small black *factor* dot joining its sources, then one arrow to the
-target; relays (``kind == "relay"``) are small dashed grey nodes.
+Rank ``t = depth(node)``: inputs at the top (the largest depth), outputs at the bottom
+(depth 0; ``direction="LR"``: inputs left, outputs right). A node's box gives its name, shape
+and ``t``; a *derived* node (a function of the inputs, never inferred) has no ``t``. Every
+edge is labelled with what it computes, the activation written on its source
+(``linear(tanh(h1))``: ``tanh`` acts on ``h1``'s value, then ``linear``), the options that
+shape it (kernel, stride, padding, heads, causal, ...) and its parameter count (``p``:
+trainable parameters; the group's name when several edges share it), and coloured by the
+step at which it updates under Z-IL (``t = depth(dst)``; parameter-free edges grey; 20
+colours that stay apart, then the cycle repeats). A multi-source edge is drawn as a small
+black *factor* dot joining its sources, then one arrow to the target; relays
+(``kind == "relay"``) are small dashed grey nodes.
 
-``draw_compiled(cg, "g.png")`` writes PNG/SVG/PDF through matplotlib (Agg backend), or a
-Graphviz DOT text for ``.dot``/``.gv`` (written by hand: ``rankdir=LR`` and one
-``rank=same`` group per depth). ``raw=True`` draws ``cg.source``, the graph as written
-(no relays), with each node's depth its longest distance to the outputs.
+An unrolled cell (a spec's ``model.unroll``; its nodes carry ``meta["unroll"]``) is drawn
+*collapsed* by default: one frame holding step ``k`` (``h_z[k]``, ``h[k]``, and the previous
+step's state as a dashed ``h[k-1]``), with ``t`` and the update steps written as functions
+of ``k`` (``t=113-4k``) and relays folded into dashed edges (``collapse=False`` draws every
+step). Labels are placed where their box covers no node, arrowhead or other label (the
+renderer's own text extents; :mod:`pcgraph.viz.layered`).
+
+``draw_compiled(cg, "g.png")`` writes PNG/SVG/PDF through matplotlib (Agg backend; SVG text
+stays text), or a Graphviz DOT text for ``.dot``/``.gv`` (written by hand: ``rankdir=LR``
+and one ``rank=same`` group per depth, every step). ``raw=True`` draws ``cg.source``, the
+graph as written (no relays), with each node's depth its longest distance to the outputs.
 
 An *order-free* graph (``cg.ordered`` False: a directed cycle, or clamped by the spec's
 ``clamp:`` section) has no depths and no update step schedule (energy-based rules only), so
@@ -22,7 +34,9 @@ are two separate curved arrows.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,15 +74,81 @@ class VEdge:
     shared: bool         # the group is used by several edges
     step: int | None     # Z-IL's update step t = depth(dst) (None: no parameters)
     relay: bool
+    opts: str = ""       # the op's options that shape it ("k=5, s=2", "4 heads, causal")
 
     @property
     def label(self) -> str:
-        acts = list(dict.fromkeys(self.acts))
-        act = "" if acts == ["identity"] else " " + ",".join(acts)
-        text = f"{self.op}{act}"
-        if self.n_params:
-            text += f"\n{_count(self.n_params)} p" + (f" ({self.key})" if self.shared else "")
-        return text
+        return edge_label(self.op, self.acts, self.sources, self.opts,
+                          f"{_count(self.n_params)} p" + (f" ({self.key})" if self.shared else "")
+                          if self.n_params else "")
+
+
+#: short names of activations in labels (``1−σ(z)`` reads as what it computes)
+ACT_SHORT = {"sigmoid": "\u03c3", "one_minus_sigmoid": "1\u2212\u03c3"}
+
+
+def edge_label(op: str, acts, names, opts: str = "", params: str = "", note: str = "") -> str:
+    """``op(act(src), ..)`` (an activation acts on its source's value, before the op), then a
+    line of options and parameters (``p``: trainable parameters), then ``note``."""
+    args = [n if a == "identity" else f"{ACT_SHORT.get(a, a)}({n})" for a, n in zip(acts, names)]
+    lines = [f"{op}({', '.join(args)})"]
+    extra = " \u00b7 ".join(x for x in (opts, params) if x)
+    if extra:
+        lines.append(extra)
+    if note:
+        lines.append(note)
+    return "\n".join(lines)
+
+
+#: options never shown (they set initial values, not what the edge computes)
+_OPT_HIDDEN = {"init"}
+_OPT_NAMES = {"kernel_size": "k", "stride": "s", "padding": "pad", "dilation": "dil", "p": "rate"}
+
+
+def _opt_value(v) -> str:
+    if isinstance(v, (list, tuple)):
+        return str(v[0]) if len(set(v)) == 1 else "x".join(str(x) for x in v)
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+def option_parts(op) -> list[tuple[str, object]]:
+    """The op's options that differ from their defaults, as ``(name, value)`` (a required
+    option, such as a kernel size, always)."""
+    opts = getattr(op, "opts", None)
+    if opts is None or not dataclasses.is_dataclass(opts):
+        return []
+    out = []
+    for f in dataclasses.fields(opts):
+        if f.name in _OPT_HIDDEN:
+            continue
+        v = getattr(opts, f.name)
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = dataclasses.MISSING
+        if v is None or v == default:
+            continue
+        out.append((f.name, v))
+    return out
+
+
+def option_text(name: str, v) -> str:
+    """One option as a label shows it: ``k=5``, ``s=2``, ``4 heads``, ``causal``, ``index 3``."""
+    if isinstance(v, bool):
+        return name if v else f"no {name}"
+    if name == "heads":
+        return f"{v} heads"
+    if name == "index":
+        return f"index {v}"
+    return f"{_OPT_NAMES.get(name, name)}={v if isinstance(v, str) else _opt_value(v)}"
+
+
+def _options_text(op) -> str:
+    return ", ".join(option_text(k, v) for k, v in option_parts(op))
 
 
 @dataclass
@@ -105,7 +185,7 @@ def _vedges(g, ops, nodes, depth) -> list:
         edges.append(VEdge(i, tuple(e.sources), e.dst, e.op, tuple(e.activations), n_params,
                            e.key if shapes else None, users.get(e.key, 0) > 1,
                            depth[e.dst] if shapes and depth is not None else None,
-                           e.kind == "relay" or nodes[e.dst].relay))
+                           e.kind == "relay" or nodes[e.dst].relay, _options_text(ops[i])))
     return edges
 
 
@@ -176,15 +256,19 @@ def _hex(rgba) -> str:
     return "#" + "".join(f"{int(round(c * 255)):02x}" for c in rgba[:3])
 
 
-def _step_colors(max_depth: int):
-    """Distinct colours per update step: tab10 up to 9 steps, else a sampled turbo."""
-    import matplotlib
+#: update-step colours: tab10 without its grey (grey = parameter-free), then 11 more picked
+#: for the largest smallest CIELAB distance to those before (lightness 22-72, chroma >= 25);
+#: any two of the 20 are at least 27 apart (Delta E 1976). Step t gets ``STEP_COLORS[t % 20]``.
+STEP_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22",
+               "#17becf", "#0000ff", "#ff1eff", "#004b2d", "#3c0fa5", "#96a578", "#ff0078", "#78004b",
+               "#966900", "#0078ff", "#ff8787", "#00b487")
 
-    if max_depth < 9:       # tab10 without its grey (grey = parameter-free)
-        cmap = matplotlib.colormaps["tab10"]
-        return lambda t: cmap((0, 1, 2, 3, 4, 5, 6, 8, 9)[t % 9])
-    cmap = matplotlib.colormaps["turbo"]
-    return lambda t: cmap(0.05 + 0.9 * t / max(max_depth, 1))
+
+def _step_colors(max_depth: int = 0):
+    """The colour of update step ``t`` (distinct for 20 steps, then repeating)."""
+    from matplotlib.colors import to_rgba
+
+    return lambda t: to_rgba(STEP_COLORS[t % len(STEP_COLORS)])
 
 
 def to_dot(cg, raw: bool = False, name: str = "pcgraph") -> str:
@@ -199,7 +283,7 @@ def to_dot(cg, raw: bool = False, name: str = "pcgraph") -> str:
     lines = [f"digraph {_q(name)} {{", "  rankdir=LR;", '  node [shape=box, style="rounded,filled", fontsize=10];',
              "  edge [fontsize=8];"]
     for n, v in lay.nodes.items():
-        label = f"{n}\n{_shape(v.shape)}\nt={v.depth}"
+        label = f"{n}\n{_shape(v.shape)}" + ("" if v.role == "derived" else f"\nt={v.depth}")
         if v.relay:
             attrs = f'style="dashed,filled", color=grey50, fillcolor="{ROLE_COLORS["relay"]}", fontsize=8'
         else:
@@ -247,18 +331,25 @@ def _drawn_limit(max_nodes: int | None) -> int:
 
 
 def draw_compiled(cg, path, raw: bool = False, title: str | None = None, dpi: int | None = None,
-                  wrap: int | None = None, max_nodes: int | None = None) -> Path:
+                  wrap: int | None = None, max_nodes: int | None = None, collapse: bool = True,
+                  direction: str | None = None) -> Path:
     """Write the drawing of the compiled graph ``cg`` to ``path`` (``.png``, ``.svg``,
-    ``.pdf`` or ``.dot``/``.gv``); returns the path. Figure size grows with the number of
-    columns (depths) and rows; fonts are capped and shrink on big graphs.
+    ``.pdf`` or ``.dot``/``.gv``); returns the path.
 
-    ``wrap``: columns per band; a deeper graph is cut into bands stacked top to bottom (read
+    ``direction``: ``"TB"`` (default: depth top-down, inputs at the top; a deep graph grows
+    down the page, not across it) or ``"LR"`` (inputs left). ``wrap`` (LR only; giving it
+    selects LR): ranks per band; a deeper graph is cut into bands stacked top to bottom (read
     like text), and an edge between bands is drawn as two labelled stubs (``-> dst`` at its
-    source, ``src ->`` at its target). None (default): no bands up to 24 columns, else bands
-    of at most 16 (up to 64 columns) or 32 columns of equal width; 0: never wrap.
+    source, ``src ->`` at its target). None: no bands up to 24 ranks, else bands of at most
+    16 (up to 64 ranks) or 32 ranks of equal width; 0: never wrap.
+
+    ``collapse`` (default True): an unrolled cell is drawn once, as step ``k`` in a frame (see
+    the module's text); False draws every step. Figures are sized in inches from the text
+    they hold, drawn at ``dpi`` (default 100; lower for huge graphs).
 
     An order-free graph (``not cg.ordered``: a cycle, or a ``clamp:`` section) is drawn by
-    :func:`_draw_free` (no depth columns, no update steps; ``wrap`` is ignored).
+    :func:`_draw_free` (no depth ranks, no update steps; ``wrap``, ``collapse`` and
+    ``direction`` are ignored).
 
     ``max_nodes``: a picture of a graph with more nodes is refused at once with a
     :class:`VizError` that names the limit (default :data:`MAX_DRAWN_NODES`, or the
@@ -282,162 +373,381 @@ def draw_compiled(cg, path, raw: bool = False, title: str | None = None, dpi: in
     if not cg.ordered:
         return _draw_free(cg, path, raw=raw, title=title, dpi=dpi)
 
-    from matplotlib.figure import Figure      # no pyplot: any backend, no global state
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import FancyArrowPatch, Patch
+    return _draw_ordered(cg, path, raw=raw, title=title, dpi=dpi, wrap=wrap, collapse=collapse,
+                         direction=direction)
 
-    lay = graph_layout(cg, raw)
-    cols, rows = lay.columns, lay.rows
-    if wrap is None:
-        per = 16 if cols <= 64 else 32
-        wrap = math.ceil(cols / math.ceil(cols / per)) if cols > 24 else 0
-    W = cols if not wrap or wrap >= cols else int(wrap)
-    nb = math.ceil(cols / W)
-    gap = 1.4                                    # empty rows between bands
-    pitch = rows + gap
 
-    def place(n):
-        x, y = lay.pos[n]
-        b = int(x) // W
-        return (x - b * W, y - b * pitch), b
+# ------------------------------------------------------------------ ordered drawings ----
+GREY = (0.55, 0.55, 0.55, 1.0)
+ROLE_TEXT = {"input": "input (clamped to the data)", "hidden": "hidden (inferred)",
+             "output": "output (clamped to the target)",
+             "derived": "derived: a function of the inputs,\nnever inferred (no t)"}
 
-    pos, band = {}, {}
-    for n in lay.nodes:
-        pos[n], band[n] = place(n)
-    big = len(lay.nodes) > 40 or W > 24
-    colw, rowh = (1.7, 1.25) if not big else (1.35, 1.05)
-    width = min(max(6.0, W * colw + 2.5), 180.0)
-    height = min(max(3.8, (nb * pitch - gap) * rowh + 2.2), 120.0)
-    if dpi is None:   # keep PNGs below ~12000 px on the long side
-        dpi = int(max(40, min(110, 12000 / max(width, height))))
-    fs_node = 8.5 if not big else 6.5
-    fs_edge = 7.0 if not big else 5.5
-    color = _step_colors(lay.max_depth)
-    fig = Figure(figsize=(width, height))
-    ax = fig.subplots()
-    ax.set_xlim(-0.6 if nb == 1 else -1.3, W - 0.4 if nb == 1 else W + 0.3)
-    ax.set_ylim(-(nb - 1) * pitch - (rows - 1) - 0.75, 0.75 if nb == 1 else 1.0)
-    # ---- nodes first (text boxes sized in points: arrows are clipped to them)
-    patch = {}
+
+def _node_text(n: str, v: VNode) -> tuple[str, str]:
+    """(box text, kind) of a node of the plain drawing."""
+    if v.relay:
+        return f"{n}\nt={v.depth}", "relay"
+    if v.role == "derived":
+        return f"{n}\n{_shape(v.shape)}", "derived"
+    return f"{n}\n{_shape(v.shape)}\nt={v.depth}", v.role
+
+
+def _plain_drawing(lay: Layout):
+    from .layered import DEdge, DNode, Drawing
+
+    color = _step_colors()
+    nodes = {}
     for n, v in lay.nodes.items():
-        x, y = pos[n]
-        if v.relay:
-            t = ax.text(x, y, f"{n}\nt={v.depth}", fontsize=fs_node - 1.5, ha="center", va="center", color="dimgray",
-                        zorder=3, bbox=dict(boxstyle="square,pad=0.3", fc=ROLE_COLORS["relay"], ec="grey", ls="--",
-                                            lw=1.0))
-        else:
-            t = ax.text(x, y, f"{n}\n{_shape(v.shape)}\nt={v.depth}", fontsize=fs_node, ha="center", va="center",
-                        zorder=3, bbox=dict(boxstyle="round,pad=0.45", fc=ROLE_COLORS[v.role], ec="black", lw=1.0))
-        patch[n] = t.get_bbox_patch()
-    label_box = dict(boxstyle="round,pad=0.12", fc="white", lw=0.5, alpha=0.9)
-    # ---- edges
-    leaving: dict[str, list[str]] = {}     # source -> targets in later bands
-
-    def stub_in(src, x1, y1, c, lw, target_patch, label=None, dy=0.0):
-        """An edge arriving from another band: a short arrow from the left, named by its source."""
-        ax.add_patch(FancyArrowPatch((x1 - 0.48, y1 + dy), (x1, y1), arrowstyle="-|>", mutation_scale=10, color=c,
-                                     lw=lw, patchB=target_patch, shrinkA=0, shrinkB=1, zorder=1))
-        ax.text(x1 - 0.5, y1 + dy, f"{src} \u2192", fontsize=fs_edge, ha="right", va="center", color=c, zorder=4)
-        if label:
-            ax.text(x1 - 0.25, y1 + dy + 0.16, label, fontsize=fs_edge, ha="center", va="bottom", zorder=4,
-                    bbox={**label_box, "ec": c})
-
+        text, kind = _node_text(n, v)
+        nodes[n] = DNode(n, text, kind, lay.max_depth - v.depth)
+    edges = []
+    steps: dict = {}
     for e in lay.edges:
-        c = color(e.step) if e.step is not None else (0.55, 0.55, 0.55, 1.0)
-        ls = "--" if e.relay else "-"
-        lw = 1.8 if e.step is not None else 1.0
-        x1, y1 = pos[e.dst]
-        for s_ in e.sources:
-            if band[s_] != band[e.dst]:
-                leaving.setdefault(s_, []).append(e.dst)
-        if len(e.sources) == 1 and band[e.sources[0]] != band[e.dst]:
-            stub_in(e.sources[0], x1, y1, c, lw, patch[e.dst], None if e.relay else e.label)
-        elif len(e.sources) == 1:
-            x0, y0 = pos[e.sources[0]]
-            span = x1 - x0
-            rad = 0.0
-            if span > 1.01:     # long edges (inputs read late, derived nodes) bend around the columns between
-                # (bulge ~ rad * length / 2: keep it under about half a row)
-                rad = min(0.3, 1.0 / span) if abs(y1 - y0) <= 0.5 else min(0.08, 0.5 / span)
-            ax.add_patch(FancyArrowPatch((x0, y0), (x1, y1), arrowstyle="-|>", mutation_scale=10, color=c, lw=lw,
-                                         ls=ls, connectionstyle=f"arc3,rad={-rad}", patchA=patch[e.sources[0]],
-                                         patchB=patch[e.dst], shrinkA=1, shrinkB=1, zorder=1))
-            if not e.relay:
-                f = 0.5
-                # the point at parameter f of arc3's quadratic Bezier (control point in display space)
-                (d0x, d0y), (d1x, d1y) = ax.transData.transform([(x0, y0), (x1, y1)])
-                b = 2 * f * (1 - f) * rad
-                px = d0x + f * (d1x - d0x) - b * (d1y - d0y)
-                py = d0y + f * (d1y - d0y) + b * (d1x - d0x)
-                lx, ly = ax.transData.inverted().transform((px, py))
-                ax.text(lx, ly, e.label, fontsize=fs_edge, ha="center", va="center", zorder=4,
-                        bbox={**label_box, "ec": c})
-        else:
-            ys = [pos[s][1] for s in e.sources if band[s] == band[e.dst]]
-            fx = x1 - 0.4
-            fy = (sum(ys) / len(ys) + y1) / 2 if ys else y1
-            for k, s in enumerate(e.sources):
-                if band[s] != band[e.dst]:     # from another band: a short named line into the factor
-                    sy = fy + 0.3 * (k - (len(e.sources) - 1) / 2)
-                    ax.plot([fx - 0.3, fx], [sy, fy], color=c, lw=lw, zorder=1)
-                    ax.text(fx - 0.32, sy, f"{s} \u2192", fontsize=fs_edge, ha="right", va="center", color=c,
-                            zorder=4)
-                    continue
-                ax.add_patch(FancyArrowPatch(pos[s], (fx, fy), arrowstyle="-", color=c, lw=lw, patchA=patch[s],
-                                             shrinkA=1, shrinkB=2, zorder=1))
-            ax.add_patch(FancyArrowPatch((fx, fy), (x1, y1), arrowstyle="-|>", mutation_scale=10, color=c, lw=lw,
-                                         patchB=patch[e.dst], shrinkA=2, shrinkB=1, zorder=1))
-            ax.plot([fx], [fy], "o", ms=6, color="black", zorder=3)
-            ax.text(fx, fy - 0.12, e.label, fontsize=fs_edge, ha="center", va="top", zorder=4,
-                    bbox={**label_box, "ec": c})
-    # ---- edges that leave for a later band: one stub per source, naming the targets
-    for src, dsts in leaving.items():
-        x0, y0 = pos[src]
-        names = list(dict.fromkeys(dsts))
-        text = ", ".join(names[:3]) + (f" (+{len(names) - 3})" if len(names) > 3 else "")
-        ax.add_patch(FancyArrowPatch((x0, y0), (x0 + 0.48, y0 - 0.22), arrowstyle="-", color="0.35", lw=1.0,
-                                     patchA=patch[src], shrinkA=1, shrinkB=0, zorder=1))
-        ax.text(x0 + 0.5, y0 - 0.22, f"\u2192 {text}", fontsize=fs_edge, ha="left", va="center", color="0.25",
-                zorder=4)
-    # ---- axes: one column per step
-    tfs = min(9, fs_node + 0.5)
-    if nb == 1:
-        ax.set_xticks(range(cols))
-        ax.set_xticklabels([f"t={lay.max_depth - c}" for c in range(cols)], fontsize=tfs)
+        c = color(e.step) if e.step is not None else GREY
+        if e.step is not None:
+            steps[e.step] = (c, f"t={e.step}")
+        edges.append(DEdge(e.sources, e.dst, "" if e.relay else e.label, c, 1.8 if e.step is not None else 1.0,
+                           e.relay))
+    d = Drawing(nodes, edges, rank_labels={r: f"t={lay.max_depth - r}" for r in range(lay.columns)})
+    legend_steps = [steps[t] for t in sorted(steps)]
+    return d, legend_steps
+
+
+# ---- collapsed unrolled cells
+def _linear(ks: list[int], vals: list[int]):
+    """``(a, b)`` with ``vals[i] == a + b * ks[i]`` for every i (integers), else None."""
+    if len(ks) < 2:
+        return (vals[0], 0) if ks else None
+    if (vals[1] - vals[0]) % (ks[1] - ks[0]):
+        return None
+    b = (vals[1] - vals[0]) // (ks[1] - ks[0])
+    a = vals[0] - b * ks[0]
+    return (a, b) if all(a + b * k == v for k, v in zip(ks, vals)) else None
+
+
+def _in_k(ks: list[int], vals: list[int]) -> str:
+    """``113-4k``, ``k-1``, ``7`` (constant) or ``3..9`` (not linear in k)."""
+    ab = _linear(ks, vals)
+    if ab is None:
+        return f"{min(vals)}..{max(vals)}"
+    a, b = ab
+    if b == 0:
+        return str(a)
+    kb = "k" if abs(b) == 1 else f"{abs(b)}k"
+    if b < 0:
+        return f"{a}\u2212{kb}" if a else f"\u2212{kb}"
+    return kb + (f"+{a}" if a > 0 else f"\u2212{-a}" if a < 0 else "")
+
+
+def _k_range(ks: list[int], all_ks: list[int]) -> str:
+    """What part of the steps an edge of a cell exists at: "" (all), ``k>=2``, ``k=1``, ``k=3..9``."""
+    if ks == all_ks:
+        return ""
+    if len(ks) == 1:
+        return f"k={ks[0]}"
+    if ks == list(range(ks[0], ks[-1] + 1)):
+        return f"k\u2265{ks[0]}" if ks[-1] == all_ks[-1] else f"k={ks[0]}..{ks[-1]}"
+    return f"{len(ks)} of the steps"
+
+
+def _cell_of(g) -> dict[str, tuple[str, str, int]]:
+    """node -> (cell, template, k) for the nodes of unrolled cells (``meta["unroll"]``): ``h7`` ->
+    ``("h", "h", 7)``, ``h_z7`` -> ``("h", "h_z", 7)``, readouts ``y7`` -> ``("h", "y", 7)``."""
+    out = {}
+    for n, v in g.nodes.items():
+        u = v.meta.get("unroll") if v.meta else None
+        if not u:
+            continue
+        m = re.fullmatch(re.escape(u) + r"(_[A-Za-z][A-Za-z0-9]*?)?(\d+)", n)
+        if m:
+            out[n] = (u, u + (m.group(1) or ""), int(m.group(2)))
+            continue
+        m = re.fullmatch(r"(.*\D)(\d+)", n)
+        if m:
+            out[n] = (u, m.group(1), int(m.group(2)))
+    return out
+
+
+def _collapsed_drawing(cg, raw: bool):
+    """The drawing with each unrolled cell drawn once (step ``k``); None when the graph has
+    no cell of 3 steps or more (or the collapsed picture would not be a DAG)."""
+    from .layered import DEdge, DNode, Drawing
+
+    if raw:
+        g = cg.source
+        depth = {n: dd[1] for n, dd in g.distances_to_outputs().items()}
+        ops = [g.make_op(e) for e in g.edges]
     else:
-        ax.set_xticks([])
-        for c in range(cols):
-            b, x = divmod(c, W)
-            ax.text(x, -b * pitch + 0.62, f"t={lay.max_depth - c}", fontsize=tfs, ha="center", va="bottom",
-                    color="0.3")
-        for b in range(1, nb):
-            ax.axhline(-b * pitch + gap / 2 + 0.35, color="0.6", lw=0.8, ls=":", zorder=0)
-    ax.set_yticks([])
-    for s in ("left", "right", "top"):
-        ax.spines[s].set_visible(False)
-    for c in range(W):
-        ax.axvline(c, color="0.93", lw=0.6, zorder=0)
-    ax.set_xlabel("depth = inference step t at which the node's error equals BP's delta (Z-IL)"
-                  + (f"; {nb} bands of {W} steps, read top to bottom" if nb > 1 else ""), fontsize=9)
+        g, depth, ops = cg.graph, cg.depth, cg.ops
+    derived = getattr(cg, "derived", set())
+    cell = _cell_of(g)
+    steps_of: dict[str, set] = {}
+    for n, (u, _, k) in cell.items():
+        steps_of.setdefault(u, set()).add(k)
+    cells = {u for u, ks in steps_of.items() if len(ks) >= 3}
+    if not cells:
+        return None
+    cell = {n: c for n, c in cell.items() if c[0] in cells}
+    relay = {n for n, v in g.nodes.items() if v.kind == "relay"}
+    feeder = {e.dst: e.sources[0] for e in g.edges if e.dst in relay}
+
+    def origin(n):
+        hops = 0
+        while n in relay:
+            n, hops = feeder[n], hops + 1
+        return n, hops
+
+    def tid(u, t):
+        return f"{u}\0{t}"
+
+    # ---- nodes: templates of the cells, the rest as they are
+    tmpl_ks: dict[str, list] = {}
+    tmpl_depth: dict[str, list] = {}
+    info: dict[str, tuple] = {}          # drawn id -> (display name, shape, role, cell)
+    for n, v in g.nodes.items():
+        if n in relay:
+            continue
+        role = "derived" if n in derived else v.role
+        shape = tuple(v.shape) if v.shape else None
+        if n in cell:
+            u, t, k = cell[n]
+            i = tid(u, t)
+            info.setdefault(i, (f"{t}[k]", shape, role, u))
+            tmpl_ks.setdefault(i, []).append(k)
+            tmpl_depth.setdefault(i, []).append(depth[n])
+        else:
+            info[n] = (n, shape, role, None)
+    users: dict[str, int] = {}
+    for i, e in enumerate(g.edges):
+        if ops[i].param_shapes():
+            users[e.key] = users.get(e.key, 0) + 1
+    # ---- edges, merged over the steps
+    groups: dict[tuple, dict] = {}
+    ghosts: dict[str, tuple] = {}
+    for i, e in enumerate(g.edges):
+        if e.dst in relay:
+            continue
+        dst = e.dst
+        dcell = cell.get(dst)
+        drawn_dst = tid(dcell[0], dcell[1]) if dcell else dst
+        srcs, names, via = [], [], 0
+        for s in e.sources:
+            o, hops = origin(s)
+            via = max(via, hops)
+            oc = cell.get(o)
+            if oc and dcell and oc[0] == dcell[0]:
+                dk = oc[2] - dcell[2]
+                if dk == 0:
+                    srcs.append(tid(*oc[:2]))
+                    names.append(f"{oc[1]}[k]")
+                else:
+                    gid = f"{tid(*oc[:2])}\0{dk}"
+                    name = f"{oc[1]}[k{'+' if dk > 0 else chr(0x2212)}{abs(dk)}]"
+                    ghosts[gid] = (name, info[tid(*oc[:2])][1], oc[0])
+                    srcs.append(gid)
+                    names.append(name)
+            elif oc:
+                srcs.append(tid(*oc[:2]))
+                names.append(o)            # a fixed step read from outside the cell (h28 -> y)
+            else:
+                srcs.append(o)
+                names.append(o)
+        shapes = ops[i].param_shapes()
+        n_params = sum(math.prod(x) for x in shapes.values())
+        key = (tuple(srcs), drawn_dst, e.op, tuple(e.activations), e.key if shapes else None, via)
+        grp = groups.setdefault(key, {"names": names, "ks": [], "opts": [], "n_params": n_params,
+                                      "param": e.key if shapes else None, "shared": users.get(e.key, 0) > 1,
+                                      "steps": [], "via": via, "cell": dcell[0] if dcell else None})
+        grp["ks"].append(dcell[2] if dcell else 0)
+        grp["opts"].append(option_parts(ops[i]))
+        if shapes:
+            grp["steps"].append(depth[dst])
+    # ---- ranks: as late as possible (a node just above its first consumer)
+    ids = list(info) + list(ghosts)
+    succ: dict[str, set] = {i: set() for i in ids}
+    for (srcs, dst, *_), _grp in groups.items():
+        for s in srcs:
+            succ[s].add(dst)
+    height: dict[str, int] = {}
+    for start in ids:
+        if start in height:
+            continue
+        stack, on = [(start, iter(succ[start]))], {start}
+        while stack:
+            n, it = stack[-1]
+            nxt = next((m for m in it if m not in height), None)
+            if nxt is None:
+                height[n] = 1 + max((height[m] for m in succ[n]), default=-1)
+                on.discard(n)
+                stack.pop()
+            elif nxt in on:
+                return None                # not a DAG: draw every step instead
+            else:
+                on.add(nxt)
+                stack.append((nxt, iter(succ[nxt])))
+    top = max(height.values(), default=0)
+    nodes = {}
+    for i, (name, shape, role, u) in info.items():
+        if i in tmpl_ks:
+            ks, ds = tmpl_ks[i], tmpl_depth[i]
+            order = sorted(range(len(ks)), key=lambda j: ks[j])
+            ks, ds = [ks[j] for j in order], [ds[j] for j in order]
+            t = "" if role == "derived" else f"\nt={_in_k(ks, ds)}"
+        else:
+            node_depth = depth[i]
+            t = "" if role == "derived" else f"\nt={node_depth}"
+        kind = role
+        nodes[i] = DNode(i, f"{name}\n{_shape(shape)}{t}", kind, top - height[i], u)
+    for gid, (name, shape, u) in ghosts.items():
+        nodes[gid] = DNode(gid, f"{name}\n{_shape(shape)}\n(previous step)", "ghost", top - height[gid], u)
+    # ---- edge labels and colours (update steps as functions of k inside a cell)
+    color = _step_colors()
+    all_ks = {u: sorted(steps_of[u]) for u in cells}
+    step_keys: dict = {}
+    pending = []
+    for (srcs, dst, op, acts, param, via), grp in groups.items():
+        ks = grp["ks"]
+        order = sorted(range(len(ks)), key=lambda j: ks[j])
+        ks_sorted = [ks[j] for j in order]
+        opts_parts = []
+        names0 = [k for k, _ in grp["opts"][0]]
+        for name in names0:
+            vals = [dict(grp["opts"][j]).get(name) for j in order]
+            if all(v == vals[0] for v in vals) or grp["cell"] is None:
+                opts_parts.append(option_text(name, vals[0]))
+            elif all(isinstance(v, int) and not isinstance(v, bool) for v in vals):
+                opts_parts.append(option_text(name, _in_k(ks_sorted, vals)))
+            else:
+                opts_parts.append(f"{_OPT_NAMES.get(name, name)} varies with k")
+        params = ""
+        if grp["n_params"]:
+            params = f"{_count(grp['n_params'])} p" + (f" ({param})" if grp["shared"] or grp["cell"] else "")
+        notes = []
+        if grp["cell"] is not None:
+            kr = _k_range(ks_sorted, all_ks[grp["cell"]])
+            if kr and not (len(ks_sorted) == 1 and any(n[-1:].isdigit() for n in grp["names"])):
+                notes.append(kr)
+        if via:
+            notes.append(f"via {via} relay{'s' if via > 1 else ''}")
+        label = edge_label(op, acts, grp["names"], ", ".join(opts_parts), params, ", ".join(notes))
+        if grp["steps"]:
+            st = [grp["steps"][j] for j in range(len(grp["steps"]))]
+            if grp["cell"] is not None and len(set(st)) > 1:
+                skey = _in_k(ks_sorted, [st[j] for j in order] if len(st) == len(ks) else st)
+                sval = max(st)
+            else:
+                skey, sval = str(st[0]), st[0]
+            step_keys.setdefault(skey, sval)
+        else:
+            skey = None
+        pending.append((srcs, dst, label, skey, via))
+    ordered_keys = sorted(step_keys, key=lambda k: (step_keys[k], k))
+    kcolor = {k: color(j) for j, k in enumerate(ordered_keys)}
+    edges = [DEdge(srcs, dst, label, kcolor[skey] if skey else GREY, 1.8 if skey else 1.0, bool(via))
+             for srcs, dst, label, skey, via in pending]
+    n_rel = len(relay)
+    frames = {}
+    for u in sorted(cells):
+        ks = all_ks[u]
+        frames[u] = (f"cell {u}: unrolled over k = {ks[0]}..{ks[-1]} ({len(ks)} steps), step k drawn once")
+    d = Drawing(nodes, edges, cells=frames, rank_labels=None)
+    legend_steps = [(kcolor[k], f"t={k}") for k in ordered_keys]
+    return d, legend_steps, n_rel
+
+
+def _legend(d, legend_steps, collapsed: bool):
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    from .layered import NODE_FILL, NODE_STYLE
+
+    kinds = {v.kind for v in d.nodes.values()}
+    handles = [Patch(fc=NODE_FILL[r], ec=NODE_STYLE[r]["ec"], ls=NODE_STYLE[r].get("ls", "-"), label=ROLE_TEXT[r])
+               for r in ("input", "hidden", "output", "derived") if r in kinds]
+    if "relay" in kinds:
+        handles.append(Patch(fc=NODE_FILL["relay"], ec="grey", ls="--", label="relay (identity, no parameters)"))
+    if "ghost" in kinds:
+        handles.append(Patch(fc="white", ec="0.35", ls="--", label="the previous step's node"))
+    if any(len(e.sources) > 1 for e in d.edges):
+        handles.append(Line2D([], [], marker="o", color="black", ls="", ms=5, label="factor (multi-source edge)"))
+    handles.append(Line2D([], [], color="none", label="label op(act(src)): the activation\n"
+                                                      "acts on the source, then the op;\np = trainable parameters"))
+    if collapsed and any(e.dashed for e in d.edges):
+        handles.append(Line2D([], [], color="0.3", lw=1.2, ls=(0, (4, 2)), label="through relays (folded)"))
+    handles.append(Line2D([], [], color=GREY, lw=1.0, label="parameter-free edge"))
+    if legend_steps:
+        handles.append(Line2D([], [], color="none", label="edge with parameters,\nupdated by Z-IL at step:"))
+        shown = legend_steps if len(legend_steps) <= 14 else legend_steps[:6] + [None] + legend_steps[-6:]
+        for item in shown:
+            if item is None:
+                handles.append(Line2D([], [], color="none", label="  ..."))
+                continue
+            c, text = item
+            handles.append(Line2D([], [], color=c, lw=2.2, label=f"  {text}"))
+        if len(legend_steps) > len(STEP_COLORS):
+            handles.append(Line2D([], [], color="none", label=f"(colours repeat every {len(STEP_COLORS)} steps)"))
+    return handles
+
+
+def compiled_picture(cg, raw: bool = False, title: str | None = None, dpi: int | None = None,
+                     wrap: int | None = None, collapse: bool = True, direction: str | None = None):
+    """The :class:`~pcgraph.viz.layered.Picture` of an ordered compiled graph (not saved):
+    what :func:`draw_compiled` writes, with its artists for measuring."""
+    from .layered import DEFAULT_DPI, render
+
+    if direction not in (None, "TB", "LR"):
+        raise VizError(f"direction must be TB or LR, got {direction!r}", "--direction")
+    if direction is None:
+        direction = "LR" if wrap is not None else "TB"
+    lay = graph_layout(cg, raw)
+    built = _collapsed_drawing(cg, raw) if collapse else None
+    if built is not None:
+        d, legend_steps, n_rel = built
+        collapsed = True
+    else:
+        d, legend_steps = _plain_drawing(lay)
+        collapsed = False
+    cols = max((v.rank for v in d.nodes.values()), default=0) + 1
+    if direction == "LR":
+        if wrap is None:
+            per = 16 if cols <= 64 else 32
+            wrap = math.ceil(cols / math.ceil(cols / per)) if cols > 24 else 0
+    else:
+        wrap = 0
     what = "source graph (as written)" if raw else "compiled graph"
     nrel = sum(v.relay for v in lay.nodes.values())
-    ax.set_title(f"{title + ': ' if title else ''}{what}, {len(lay.nodes)} nodes"
-                 + (f" ({nrel} relays)" if nrel else "") + f", {len(lay.edges)} edges, depth {lay.max_depth}",
-                 fontsize=11)
-    handles = [Patch(fc=ROLE_COLORS[r], ec="black", label=r) for r in ("input", "hidden", "output", "derived")
-               if any(v.role == r and not v.relay for v in lay.nodes.values())]
-    if nrel:
-        handles.append(Patch(fc=ROLE_COLORS["relay"], ec="grey", ls="--", label="relay (identity, no params)"))
-    if any(len(e.sources) > 1 for e in lay.edges):
-        handles.append(Line2D([], [], marker="o", color="black", ls="", ms=5, label="factor (multi-source edge)"))
-    handles.append(Line2D([], [], color="0.55", lw=1.0, label="parameter-free edge"))
-    steps = sorted({e.step for e in lay.edges if e.step is not None})
-    shown = steps if len(steps) <= 8 else steps[:: math.ceil(len(steps) / 8)]
-    for t in shown:
-        handles.append(Line2D([], [], color=color(t), lw=2, label=f"updates at t={t} (Z-IL)"))
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    head = (f"{title + ': ' if title else ''}{what}, {len(lay.nodes)} nodes" + (f" ({nrel} relays)" if nrel else "")
+            + f", {len(lay.edges)} edges, depth {lay.max_depth}")
+    if collapsed:
+        d.axis_title = ("each unrolled cell drawn once (step k); t = depth: the inference step at which the "
+                        "node's error equals BP's delta (Z-IL)")
+    else:
+        nb = math.ceil(cols / wrap) if wrap and wrap < cols else 1
+        d.axis_title = ("t = depth: the inference step at which the node's error equals BP's delta (Z-IL)"
+                        + (f"; {nb} bands of {wrap} steps, read top to bottom" if nb > 1 else ""))
+    big = len(d.nodes) > 60
+    if dpi is None:
+        dpi = DEFAULT_DPI
+    pic = render(d, direction, wrap or 0, head, _legend(d, legend_steps, collapsed), dpi=dpi,
+                 fs_node=7.0 if big else 8.0, fs_edge=6.0 if big else 7.0)
+    w, h = pic.fig.get_size_inches()
+    if max(w, h) * dpi > 16000:          # keep huge pictures below ~16000 px on the long side
+        pic.fig.set_dpi(max(30, int(16000 / max(w, h))))
+    return pic
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib
+
+    with matplotlib.rc_context({"svg.fonttype": "none"}):      # SVG text stays text
+        fig.savefig(path, dpi=fig.get_dpi(), bbox_inches="tight", pad_inches=0.08)
+
+
+def _draw_ordered(cg, path: Path, raw: bool = False, title: str | None = None, dpi: int | None = None,
+                  wrap: int | None = None, collapse: bool = True, direction: str | None = None) -> Path:
+    pic = compiled_picture(cg, raw=raw, title=title, dpi=dpi, wrap=wrap, collapse=collapse, direction=direction)
+    _save(pic.fig, path)
     return path
 
 
@@ -582,13 +892,27 @@ def _free_dot(cg, raw: bool, name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _clip_tip(rect, p_from, p_to):
+    """Where a line from ``p_from`` to the centre ``p_to`` of ``rect`` (a Rectangle) meets its edge."""
+    from .layered import _clip_to_box
+
+    box = (rect.get_x(), rect.get_y(), rect.get_x() + rect.get_width(), rect.get_y() + rect.get_height())
+    return _clip_to_box(p_to, p_from, box)
+
+
 def _draw_free(cg, path: Path, raw: bool = False, title: str | None = None, dpi: int | None = None) -> Path:
     """The matplotlib drawing of an order-free graph (see :func:`free_layout`). Nodes, title
     and legend are laid out first; the arrows are then clipped to boxes measured in data
     coordinates (so the ``bbox_inches="tight"`` crop cannot shift their ends)."""
+    from types import SimpleNamespace
+
+    import numpy as np
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
     from matplotlib.patches import FancyArrowPatch, Patch, Rectangle
+    from matplotlib.path import Path as MPath
+
+    from .layered import place_labels
 
     lay = free_layout(cg, raw)
     by_role = not lay.clamp_section
@@ -664,7 +988,9 @@ def _draw_free(cg, path: Path, raw: bool = False, title: str | None = None, dpi:
     for n, t in texts.items():
         (x0, y0), (x1, y1) = inv.transform(t.get_bbox_patch().get_window_extent().get_points())
         patch[n] = ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=0, alpha=0, zorder=0))
-    label_box = dict(boxstyle="round,pad=0.12", fc="white", lw=0.5, alpha=0.9)
+    obstacles = [(r.get_x() - 0.02, r.get_y() - 0.02, r.get_x() + r.get_width() + 0.02,
+                  r.get_y() + r.get_height() + 0.02) for r in patch.values()]
+    jobs, tips = [], []
 
     def point(p0, p1, rad, f=0.5):
         """The point at parameter ``f`` of arc3's quadratic Bezier (computed in display space)."""
@@ -691,9 +1017,9 @@ def _draw_free(cg, path: Path, raw: bool = False, title: str | None = None, dpi:
             ax.add_patch(FancyArrowPatch((x0, y0), (x1, y1), arrowstyle="-|>", mutation_scale=11, color=c, lw=lw,
                                          ls=ls, connectionstyle=f"arc3,rad={rad}", patchA=patch[s_],
                                          patchB=patch[e.dst], shrinkA=1, shrinkB=1, zorder=1))
-            lx, ly = point((x0, y0), (x1, y1), rad)
-            ax.text(lx, ly, e.label, fontsize=fs_edge, ha="center", va="center", zorder=4,
-                    bbox={**label_box, "ec": c})
+            curve = MPath([point((x0, y0), (x1, y1), rad, f) for f in np.linspace(0.0, 1.0, 21)])
+            jobs.append((SimpleNamespace(label=e.label, color=c), curve, None))
+            tips.append(_clip_tip(patch[e.dst], point((x0, y0), (x1, y1), rad, 0.9), (x1, y1)))
         else:
             mx = sum(pos[s][0] for s in e.sources) / len(e.sources)
             my = sum(pos[s][1] for s in e.sources) / len(e.sources)
@@ -706,8 +1032,13 @@ def _draw_free(cg, path: Path, raw: bool = False, title: str | None = None, dpi:
             ax.add_patch(FancyArrowPatch((fx, fy), (x1, y1), arrowstyle="-|>", mutation_scale=11, color=c, lw=lw,
                                          patchB=patch[e.dst], shrinkA=2, shrinkB=1, zorder=1))
             ax.plot([fx], [fy], "o", ms=6, color="black", zorder=3)
-            right = x1 >= fx        # the label on the side away from the target
-            ax.text(fx + (-0.04 if right else 0.04), fy + 0.04, e.label, fontsize=fs_edge,
-                    ha="right" if right else "left", va="bottom", zorder=4, bbox={**label_box, "ec": c})
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+            jobs.append((SimpleNamespace(label=e.label, color=c), MPath([(fx, fy), (x1, y1)]), (fx, fy),
+                         [MPath([pos[s], (fx, fy)]) for s in e.sources]))
+            tips.append(_clip_tip(patch[e.dst], (fx, fy), (x1, y1)))
+            obstacles.append((fx - 0.04, fy - 0.04, fx + 0.04, fy + 0.04))
+    for tx, ty in tips:
+        obstacles.append((tx - 0.06, ty - 0.06, tx + 0.06, ty + 0.06))
+    place_labels(ax, jobs, obstacles, fs_edge, (*ax.get_xlim()[:1], ax.get_ylim()[0], ax.get_xlim()[1],
+                                                ax.get_ylim()[1]))
+    _save(fig, path)
     return path

@@ -1,0 +1,182 @@
+"""Tests that look at the pictures: sizes at README width, labels that cover no node, arrowhead
+or other label (measured from the renderer's own text extents after a draw), derived nodes
+without ``t``, update-step colours that stay apart, op options and SVG text kept as text."""
+
+from __future__ import annotations
+
+import re
+import struct
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from pcgraph import Experiment, Spec  # noqa: E402
+from pcgraph.compile import compile_graph  # noqa: E402
+from pcgraph.viz import draw_compiled, to_dot  # noqa: E402
+from pcgraph.viz.graph import STEP_COLORS, compiled_picture  # noqa: E402
+
+from helpers import causal_cross_attention_spec, mlp_spec  # noqa: E402
+
+SPECS = ["quickstart", "residual_mlp", "diamond", "gated_mlp", "concat_branches", "two_heads",
+         "transformer_block", "seq_mnist_rnn", "seq_mnist_gru", "mnist_cnn", "adding_rnn"]
+README_WIDTH = 1100          # pixels
+
+
+def compiled(name: str):
+    return Experiment.build(Spec.load(f"graphs/{name}.yaml"), with_data=False).compiled
+
+
+def png_size(path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", data[16:24])
+
+
+def boxes(pic):
+    """Display-space boxes (x0, y0, x1, y1) of the drawn picture: nodes, labels, frame titles, tips."""
+    pic.fig.draw_without_rendering()
+    ext = lambda t: tuple(t.get_bbox_patch().get_window_extent().extents)     # noqa: E731
+    nodes = {n: ext(t) for n, t in pic.nodes.items()}
+    labels = [(t.get_text(), ext(t)) for t in pic.labels]
+    frames = [(t.get_text(), tuple(t.get_window_extent().extents)) for t in pic.frames]
+    tips = [tuple(pic.ax.transData.transform(p)) for p in pic.tips]
+    return nodes, labels, frames, tips
+
+
+def overlap(a, b, tol=0.5) -> bool:
+    return min(a[2], b[2]) - max(a[0], b[0]) > tol and min(a[3], b[3]) - max(a[1], b[1]) > tol
+
+
+@pytest.mark.parametrize("name", ["transformer_block", "seq_mnist_gru", "seq_mnist_rnn", "residual_mlp"])
+def test_big_graphs_read_at_readme_width(name, tmp_path):
+    # at the default dpi a README figure is shown at its own size: no wrapped bands to squint at
+    w, h = png_size(draw_compiled(compiled(name), tmp_path / "g.png", title=name))
+    assert w <= README_WIDTH, (w, h)
+    assert h <= 1400, (w, h)
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_labels_cover_no_node_arrowhead_or_label(name):
+    pic = compiled_picture(compiled(name), title=name)
+    nodes, labels, frames, tips = boxes(pic)
+    assert labels
+    for text, box in labels:
+        for n, nb in nodes.items():
+            assert not overlap(box, nb), f"label {text!r} covers node {n!r}"
+        for tx, ty in tips:
+            assert not (box[0] < tx < box[2] and box[1] < ty < box[3]), f"label {text!r} covers an arrowhead"
+        for ftext, fb in frames:
+            assert not overlap(box, fb), f"label {text!r} covers the frame title {ftext!r}"
+    for i, (t1, b1) in enumerate(labels):
+        for t2, b2 in labels[i + 1:]:
+            assert not overlap(b1, b2), f"labels {t1!r} and {t2!r} overlap"
+    names = list(nodes.items())
+    for i, (n1, b1) in enumerate(names):      # and the layout keeps boxes apart
+        for n2, b2 in names[i + 1:]:
+            assert not overlap(b1, b2), (n1, n2)
+    # every label sits inside the axes (nothing pushed under the legend or off the page)
+    ax = pic.ax.get_window_extent().extents
+    for text, box in labels:
+        assert box[0] >= ax[0] - 1 and box[2] <= ax[2] + 1 and box[1] >= ax[1] - 1 and box[3] <= ax[3] + 1, text
+
+
+def test_every_edge_has_one_label_that_says_what_it_computes():
+    cg = compiled("transformer_block")
+    pic = compiled_picture(cg)
+    texts = [t.get_text() for t in pic.labels]
+    # one label per edge that is not a relay edge, written op(activation(source))
+    assert len(texts) == sum(1 for e in cg.graph.edges if cg.graph.nodes[e.dst].kind != "relay"
+                             and e.kind != "relay")
+    assert any(t.startswith("token_linear(relu(m))") for t in texts)       # relu acts on m, the source
+    assert any(t.startswith("attention(n1)") and "4 heads" in t for t in texts)
+    legend = [t.get_text() for t in pic.ax.get_legend().get_texts()]
+    assert any("p = trainable parameters" in t for t in legend)
+    assert any("acts on the source" in t for t in legend)
+
+
+def test_op_options_that_shape_an_edge_are_shown():
+    labels = " | ".join(t.get_text() for t in compiled_picture(compiled("mnist_cnn")).labels)
+    assert "conv2d(x)\nk=5, pad=2" in labels and "max_pool2d(relu(c1))\nk=2" in labels
+    cg = compile_graph(causal_cross_attention_spec().model, "cross_entropy")
+    labels = [t.get_text() for t in compiled_picture(cg).labels]
+    att = next(t for t in labels if t.startswith("attention("))
+    assert att.startswith("attention(q, tanh(kv))") and "2 heads, causal" in att
+    assert "2 heads, causal" in to_dot(cg)
+
+
+def test_derived_nodes_show_no_t():
+    for collapse in (True, False):
+        cg = compiled("seq_mnist_rnn")
+        pic = compiled_picture(cg, collapse=collapse)
+        derived = [n for n in pic.nodes if n.split("\0")[-1].startswith("h_x")]
+        assert derived
+        for n in derived:
+            assert "t=" not in pic.nodes[n].get_text(), pic.nodes[n].get_text()
+        others = [t.get_text() for n, t in pic.nodes.items() if n not in derived and "previous" not in t.get_text()]
+        assert all("t=" in t for t in others)
+    dot = to_dot(compiled("seq_mnist_rnn"))
+    assert '"h_x3" [label="h_x3\\n[28]", ' in dot
+    assert '"h3" [label="h3\\n[64]\\nt=' in dot
+
+
+def test_an_unrolled_cell_is_drawn_once_with_its_step_count():
+    cg = compiled("seq_mnist_gru")
+    pic = compiled_picture(cg)
+    texts = {t.get_text().split("\n")[0]: t.get_text() for t in pic.nodes.values()}
+    assert set(texts) == {"s", "y", "h[k]", "h_x[k]", "h_z[k]", "h_r[k]", "h_a[k]", "h_c[k]", "h_n[k]",
+                          "h[k\u22121]"}
+    assert cg.depth["h5"] == 113 - 4 * 5 and "t=113\u22124k" in texts["h[k]"]
+    assert "previous step" in texts["h[k\u22121]"]
+    assert "28 steps" in pic.frames[0].get_text()
+    labels = [t.get_text() for t in pic.labels]
+    assert any(t.startswith("select(s)\nindex k\u22121") for t in labels)
+    assert any(t.startswith("linear(tanh(h28))") for t in labels)        # the readout reads the last step
+    assert any("via 3 relays" in t for t in labels)
+    legend = [t.get_text() for t in pic.ax.get_legend().get_texts()]
+    assert "  t=116\u22124k" in legend and "  t=0" in legend
+    full = compiled_picture(cg, collapse=False)       # every step on request
+    assert len(full.nodes) == len(cg.graph.nodes)
+
+
+def lab(hexcolor: str) -> np.ndarray:
+    c = np.array([int(hexcolor[i:i + 2], 16) / 255 for i in (1, 3, 5)])
+    c = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    xyz = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]) @ c
+    xyz /= np.array([0.95047, 1.0, 1.08883])
+    f = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16 / 116)
+    return np.array([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
+
+
+def test_update_step_colours_stay_apart_beyond_ten_steps():
+    labs = [lab(c) for c in STEP_COLORS]
+    assert len(labs) == 20
+    for i in range(20):
+        for j in range(i + 1, 20):
+            assert np.linalg.norm(labs[i] - labs[j]) > 25, (STEP_COLORS[i], STEP_COLORS[j])
+    # a 13-layer chain: 13 update steps, 13 different edge colours in the picture
+    spec = mlp_spec(hidden=(8,) * 12)
+    pic = compiled_picture(compile_graph(spec.model, "mse"))
+    colors = {p.get_edgecolor()[:3] for p in pic.ax.patches if p.__class__.__name__ == "FancyArrowPatch"}
+    assert len(colors) == 13
+
+
+def test_svg_text_is_text(tmp_path):
+    svg = draw_compiled(compiled("transformer_block"), tmp_path / "g.svg").read_text()
+    texts = re.findall(r"<text[^>]*>([^<]*)</text>", svg)
+    assert any("token_linear(relu(m))" in t for t in texts)
+    assert any(t.strip() == "r1" for t in texts)
+
+
+def test_cli_viz_expand_and_direction(tmp_path, capsys):
+    from pcgraph.cli import main
+
+    assert main(["viz", "graphs/seq_mnist_rnn.yaml", "-o", str(tmp_path / "all.png"), "--expand"]) == 0
+    assert main(["viz", "graphs/residual_mlp.yaml", "-o", str(tmp_path / "lr.png"), "--direction", "LR"]) == 0
+    w_all, h_all = png_size(tmp_path / "all.png")
+    w_lr, h_lr = png_size(tmp_path / "lr.png")
+    assert h_all > 2000 and w_lr > h_lr
+    assert "wrote" in capsys.readouterr().out
