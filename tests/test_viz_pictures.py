@@ -180,3 +180,40 @@ def test_cli_viz_expand_and_direction(tmp_path, capsys):
     w_lr, h_lr = png_size(tmp_path / "lr.png")
     assert h_all > 2000 and w_lr > h_lr
     assert "wrote" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------- wave ----
+def luminance(rgba) -> float:
+    return 0.2126 * rgba[0] + 0.7152 * rgba[1] + 0.0722 * rgba[2]
+
+
+def test_wave_marks_updates_visibly_and_says_how_far_il_is_from_bp(tmp_path):
+    from pcgraph.viz.wave import wave_data, wave_figure
+
+    data = wave_data(Spec.load("graphs/residual_mlp.yaml"))
+    nodes = data["nodes"]
+    assert data["updates"]["il"][nodes.index("h2")] == 20 and data["updates"]["il"][nodes.index("h2~1")] is None
+    assert data["updates"]["zil"][nodes.index("h2")] == 3
+    rel = data["vs_bp"]["il"]
+    # IL's error at its update is not BP's delta (gamma = 0.1): further off the deeper the node
+    for v in ("y", "h4", "h3", "h2", "h1"):
+        assert 0 < rel[nodes.index(v)] < 5, v
+    assert rel[nodes.index("h1")] > rel[nodes.index("y")]
+    assert np.isnan(rel[nodes.index("h2~1")])           # a relay: nothing to update
+    fig = wave_figure(data)
+    zil_ax, il_ax, *rest = fig.axes
+    for ax in (zil_ax, il_ax):
+        assert not ax.texts                              # nothing written over the cells
+        rings = ax.collections
+        assert len(rings) == 2
+        # a dark halo under a light ring at the same cells: visible on white and on dark cells
+        lum = sorted(luminance(c.get_edgecolor()[0]) for c in rings)
+        assert lum[0] < 0.1 and lum[1] > 0.6
+        assert np.array_equal(rings[0].get_offsets(), rings[1].get_offsets())
+    assert [tuple(p) for p in zil_ax.collections[0].get_offsets()] == [(d, r) for r, d in enumerate(data["depth"])]
+    assert {tuple(p)[0] for p in il_ax.collections[0].get_offsets()} == {20}
+    assert "stops at T=4" in zil_ax.get_title() and "stops at T=20" in il_ax.get_title()
+    bars = rest[-1]
+    written = [t.get_text() for t in bars.texts]
+    assert f"{rel[nodes.index('h1')]:.2f}" in written and "no update" in written
+    assert "||eps - delta|| / ||delta||" in bars.get_title()
