@@ -273,16 +273,18 @@ class TriggeredKernel(PCKernel):
 
     def batched_param_vjp(self, i, signals, inputs, scale):
         """:meth:`PCKernel.batched_param_vjp`, whose stacked errors are also counted where they
-        are learners' errors not counted yet (an unrolled RNN's steps: one buffer for both)."""
+        are learners' errors not counted yet (an unrolled RNN's steps: one buffer for both,
+        counted in place once the update has been taken from it: no second buffer)."""
         s = torch.cat(list(signals)) if len(signals) > 1 else signals[0]
         u = torch.cat(list(inputs)) if len(inputs) > 1 else inputs[0]
+        update = self._dense_update(i, s, u, scale)
         small = self._small
         if len(signals) > 1 and len(small) >= len(signals):
             ids = {id(e) for e in signals}
             if len(ids) == len(signals) and ids <= {id(e) for e in small}:
-                self._counts.append(_nonzero(s))
+                self._counts.append(_nonzero(s, own=True))      # (s: this cat's, read by no one now)
                 self._small = [e for e in small if id(e) not in ids]
-        return self._dense_update(i, s, u, scale)
+        return update
 
     def learn_signal(self, i, t, eps_c):
         if self.fires_at is not None:   # the plan updates edge i only at its node's spike
@@ -361,11 +363,13 @@ _BITS = {torch.float32: (torch.int32, 0x7FFF_FFFF), torch.float64: (torch.int64,
 _MASKS: dict = {}
 
 
-def _nonzero(e: torch.Tensor) -> torch.Tensor:
+def _nonzero(e: torch.Tensor, own: bool = False) -> torch.Tensor:
     """The number of non-zero entries of ``e`` (a NaN counts, ``-0.0`` does not: ``e != 0``),
     a 0-dim integer tensor on ``e``'s device: branch-free (``count_nonzero`` branches per
     entry, slow on errors that are half zeros, relu's) and exact for any value: an entry is
-    non-zero iff its bits other than the sign are, which ``clamp(bits & mask, max=1)`` counts."""
+    non-zero iff its bits other than the sign are, which ``clamp(bits & mask, max=1)`` counts.
+    ``own``: ``e`` is a buffer no one reads afterwards, overwritten by the bits (a large fresh
+    integer buffer costs more than the count: its page faults on a CPU)."""
     spec = _BITS.get(e.dtype)
     if spec is None:
         return torch.count_nonzero(e)
@@ -374,7 +378,8 @@ def _nonzero(e: torch.Tensor) -> torch.Tensor:
     m = _MASKS.get(key)
     if m is None:
         m = _MASKS[key] = torch.tensor(mask, dtype=dtype, device=e.device)
-    ones = e.view(dtype).bitwise_and(m).clamp_(max=1)
+    bits = e.view(dtype)
+    ones = (bits.bitwise_and_(m) if own else bits.bitwise_and(m)).clamp_(max=1)
     return ones.sum(dtype=torch.int32 if e.numel() < 2 ** 31 else torch.int64)
 
 
@@ -395,7 +400,7 @@ def _nonzero_counts(tensors: list) -> list[torch.Tensor]:
         if len(group) <= 4 or group[0].dim() == 0:
             out.extend(torch.count_nonzero(e) for e in group)
         else:
-            out.append(_nonzero(torch.cat(group)))
+            out.append(_nonzero(torch.cat(group), own=True))     # (the cat's own buffer)
     return out
 
 
