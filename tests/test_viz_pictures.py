@@ -217,3 +217,95 @@ def test_wave_marks_updates_visibly_and_says_how_far_il_is_from_bp(tmp_path):
     written = [t.get_text() for t in bars.texts]
     assert f"{rel[nodes.index('h1')]:.2f}" in written and "no update" in written
     assert "||eps - delta|| / ||delta||" in bars.get_title()
+
+
+# ---------------------------------------------------------------------------------- plot ----
+def make_run(tmp_path, name: str, algorithm: str, records: list[dict], spec_name: str = "demo"):
+    import json
+
+    d = tmp_path / name
+    d.mkdir()
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (d / "spec.yaml").write_text(f"name: {spec_name}\ntrain:\n  algorithm:\n    name: {algorithm}\n")
+    return d
+
+
+def curve(epochs: int, scale: float = 1.0, acc=True) -> list[dict]:
+    return [{"epoch": k, "train_loss": scale / k, "test_loss": 1.2 * scale / k,
+             "test_accuracy": (1 - 0.5 / k) if acc else float("nan"), "seconds": 0.1} for k in range(1, epochs + 1)]
+
+
+def figure_of(dirs, **kw):
+    from pcgraph.viz.curves import load_run, runs_figure
+
+    return runs_figure([load_run(d) for d in dirs], **kw)
+
+
+def legend_texts(ax) -> list[str]:
+    return [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def test_identical_curves_are_one_entry_and_both_visible(tmp_path):
+    a = make_run(tmp_path, "a", "zil", curve(5))
+    b = make_run(tmp_path, "b", "bp", curve(5))
+    c = make_run(tmp_path, "c", "il", curve(5, 1.3))
+    fig = figure_of([a, b, c])
+    ax_loss, ax_acc = fig.axes
+    assert legend_texts(ax_loss) == ["zil = bp", "il", "train", "test"]      # short labels
+    assert legend_texts(ax_acc) == ["zil = bp", "il"]
+    train = [ln for ln in ax_loss.get_lines() if ln.get_linestyle() == "-"]
+    zil, bp = train[0], train[1]
+    assert np.array_equal(zil.get_ydata(), bp.get_ydata())                    # the same curve, drawn twice
+    assert zil.get_marker() != bp.get_marker()                                # told apart by marker
+    assert zil.get_linewidth() > 1.5 * bp.get_linewidth()                     # the one under is wider
+    assert zil.get_color() != bp.get_color() and bp.get_zorder() > zil.get_zorder()
+    # every series present: 3 runs x (train, test) losses, 3 accuracies
+    assert len(ax_loss.get_lines()) == 6 and len(ax_acc.get_lines()) == 3
+    # curves equal to the eye but not to the last bit say so
+    recs = curve(5)
+    recs[2]["train_loss"] *= 1 + 1e-6
+    d = make_run(tmp_path, "d", "bp", recs)
+    assert legend_texts(figure_of([a, d]).axes[0])[0] == "zil \u2248 bp (within 1e-06)"
+
+
+def test_short_runs_have_markers_and_integer_epochs(tmp_path):
+    one = make_run(tmp_path, "one", "zil", curve(1))
+    fig = figure_of([one])
+    for ax in fig.axes:
+        assert list(ax.get_xticks()) == [1]
+        for ln in ax.get_lines():
+            assert ln.get_marker() not in (None, "None", "")
+    assert fig._suptitle.get_text() == "demo: 1 epoch"
+    long = make_run(tmp_path, "long", "zil", curve(60))
+    fig = figure_of([long])
+    ticks = fig.axes[0].get_xticks()
+    assert all(float(t).is_integer() for t in ticks)
+    ln = fig.axes[0].get_lines()[0]
+    assert ln.get_marker() not in (None, "None", "") and ln.get_markevery() == 4
+
+
+def test_a_panel_with_nothing_to_show_says_so(tmp_path):
+    reg = make_run(tmp_path, "reg", "zil", curve(3, acc=False))
+    ax_acc = figure_of([reg]).axes[1]
+    assert not ax_acc.get_lines()
+    assert any("nothing to show: regression runs have no accuracy" in t.get_text() for t in ax_acc.texts)
+    cls = make_run(tmp_path, "cls", "bp", curve(3))
+    ax_acc = figure_of([reg, cls]).axes[1]
+    assert len(ax_acc.get_lines()) == 1
+    assert any("no accuracy (regression): zil" in t.get_text() for t in ax_acc.texts)
+
+
+def test_log_loss_axis_is_validated(tmp_path, capsys):
+    from pcgraph.cli import main
+
+    a = make_run(tmp_path, "a", "zil", curve(3))
+    assert main(["plot", str(a), "-o", str(tmp_path / "log.png"), "--log-loss"]) == 0
+    assert figure_of([a], log_loss=True).axes[0].get_yscale() == "log"
+    recs = curve(3)
+    recs[1]["test_loss"] = 0.0
+    z = make_run(tmp_path, "z", "bp", recs)
+    assert main(["plot", str(a), str(z), "-o", str(tmp_path / "bad.png"), "--log-loss"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--log-loss" in err and "test_loss = 0 at epoch 2" in err
+    assert not (tmp_path / "bad.png").exists()
+    assert main(["plot", str(a), str(z), "-o", str(tmp_path / "lin.png")]) == 0

@@ -2,7 +2,7 @@
 
     pcgraph viz  SPEC -o FILE [--raw] [--direction TB|LR] [--wrap N] [--expand] [--algorithm NAME] [--set ..]
     pcgraph wave SPEC -o FILE [--batch N] [--gamma G] [--T T] [--init-noise S]
-    pcgraph plot RUN_DIR [RUN_DIR ..] -o FILE [--title T] [--threads N]
+    pcgraph plot RUN_DIR [RUN_DIR ..] -o FILE [--title T] [--log-loss] [--threads N]
 
 ``add_parsers(sub)`` adds the three subparsers to the ``pcgraph`` subparsers object;
 ``COMMANDS`` maps each verb to its function (argparse namespace -> exit code). Every
@@ -48,10 +48,14 @@ def add_parsers(sub) -> None:
 
     plot = sub.add_parser("plot", allow_abbrev=False, help="loss and accuracy curves of run folders",
                           description="Plot train/test loss and test accuracy per epoch of run folders "
-                                      "(metrics.jsonl, spec.yaml) on one figure.")
+                                      "(metrics.jsonl, spec.yaml) on one figure. Runs whose curves coincide "
+                                      "(e.g. zil and bp) share one legend entry, 'zil = bp', and both stay "
+                                      "visible (different markers and widths).")
     plot.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (pcgraph run --out DIR)")
     plot.add_argument("-o", "--out", required=True, metavar="FILE", help="picture to write (.png .svg .pdf)")
-    plot.add_argument("--title", help="figure title")
+    plot.add_argument("--title", help="figure title (default: the runs' spec name, when they share one)")
+    plot.add_argument("--log-loss", action="store_true",
+                      help="log scale for the loss axis (every loss must be positive)")
     plot.add_argument("--threads", type=int, default=1, metavar="N",
                       help="CPU threads for torch (default 1; as every verb takes it)")
 
@@ -107,7 +111,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     def warn(message: str) -> None:     # one line per run folder with skipped metrics lines
         print(f"pcgraph plot: warning: {message}", file=sys.stderr)
 
-    path = plot_runs(args.runs, args.out, title=args.title, warn=warn)
+    path = plot_runs(args.runs, args.out, title=args.title, warn=warn, log_loss=args.log_loss)
     print(f"wrote {_show(path)}")
     return 0
 

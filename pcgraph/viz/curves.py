@@ -246,61 +246,172 @@ def _check_out(path: Path) -> None:
                        "-o", _show(path))
 
 
-def plot_runs(run_dirs, path, title: str | None = None, warn=None) -> Path:
-    """Train (solid) and test (dashed) loss, and test accuracy, per epoch of several runs on
-    one figure (2 panels; the accuracy panel says so when every run is a regression run).
-    Each run is labelled ``algorithm: folder (spec name)``. Inputs are validated (see
-    :func:`load_run`); an unwritable ``path`` is a :class:`VizError`."""
+#: two runs whose every loss and accuracy agree to this relative difference are drawn as one
+#: series ("zil = bp", or "zil ≈ bp" when not to the last bit): their curves would coincide
+SAME_CURVE_RTOL = 1e-4
+METRICS = ("train_loss", "test_loss", "test_accuracy")
+MARKERS = "osD^v<>p*h"
+
+
+def _series(run) -> dict:
+    return {k: [r.get(k, float("nan")) for r in run["records"]] for k in ("epoch",) + METRICS}
+
+
+def _max_rel_diff(a: dict, b: dict):
+    """The largest relative difference of two runs' series, or None when their epochs differ."""
+    if a["epoch"] != b["epoch"]:
+        return None
+    worst = 0.0
+    for k in METRICS:
+        for x, y in zip(a[k], b[k]):
+            if _nan(x) and _nan(y):
+                continue
+            if _nan(x) or _nan(y):
+                return None
+            if x != y:
+                worst = max(worst, abs(x - y) / max(abs(x), abs(y), 1e-12))
+    return worst
+
+
+def _labels(runs) -> list[str]:
+    """Short legend labels: the algorithm, then the folder only where algorithms repeat."""
+    algs = [r["algorithm"] for r in runs]
+    out = []
+    for r in runs:
+        folder = _show(Path(r["dir"]).name)
+        label = r["algorithm"] if algs.count(r["algorithm"]) == 1 else f"{r['algorithm']}: {folder}"
+        out.append(_tex_safe(label))
+    return out
+
+
+def _groups(runs, series) -> list[tuple[list[int], float]]:
+    """Runs whose curves coincide, grouped (first run first): ``[(indices, max rel diff)]``."""
+    groups: list[tuple[list[int], float]] = []
+    for k in range(len(runs)):
+        for g, (members, worst) in enumerate(groups):
+            d = _max_rel_diff(series[members[0]], series[k])
+            if d is not None and d <= SAME_CURVE_RTOL:
+                groups[g] = (members + [k], max(worst, d))
+                break
+        else:
+            groups.append(([k], 0.0))
+    return groups
+
+
+def runs_figure(runs: list[dict], title: str | None = None, log_loss: bool = False):
+    """The figure of :func:`plot_runs` for loaded runs (:func:`load_run`)."""
     from matplotlib.figure import Figure
+    from matplotlib.legend_handler import HandlerTuple
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
+
+    series = [_series(r) for r in runs]
+    labels = _labels(runs)
+    if log_loss:
+        for run, ser in zip(runs, series):
+            for key in ("train_loss", "test_loss"):
+                for ep, v in zip(ser["epoch"], ser[key]):
+                    if not v > 0:
+                        raise VizError(f"--log-loss needs positive losses: run {_show(Path(run['dir']).name)} has "
+                                       f"{key} = {v:g} at epoch {ep} (drop --log-loss)", "--log-loss")
+    fig = Figure(figsize=(10, 4.2))
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    groups = _groups(runs, series)
+    n_ep = max(len(s["epoch"]) for s in series)
+    loss_handles, acc_handles = [], []
+    no_acc = []
+    color_of = {}
+    for gi, (members, worst) in enumerate(groups):
+        for j, k in enumerate(members):
+            color_of[k] = f"C{(gi if j == 0 else len(groups) + gi) % 10}"
+    for gi, (members, worst) in enumerate(groups):
+        lh, ah = [], []
+        for j, k in enumerate(members):
+            ser, c = series[k], color_of[k]
+            ep = ser["epoch"]
+            # a coinciding run is drawn over the first one thinner, with other markers: both show
+            lw = 3.0 if j == 0 and len(members) > 1 else 1.6 if j == 0 else 1.2
+            ms = 8 if j == 0 and len(members) > 1 else 6 if j == 0 else 5
+            marker = MARKERS[(gi + 3 * j) % len(MARKERS)] if j == 0 else "x+1234"[(j - 1) % 6]
+            every = max(1, len(ep) // 15)
+            kw = dict(color=c, marker=marker, ms=ms, lw=lw, markevery=every, zorder=2 + j)
+            ax_loss.plot(ep, ser["train_loss"], "-", **kw)
+            ax_loss.plot(ep, ser["test_loss"], "--", mfc="white" if j == 0 else c, **kw)
+            lh.append(Line2D([], [], ls="-", **kw))
+            acc = [float("nan") if _nan(a) else a for a in ser["test_accuracy"]]
+            if all(_nan(a) for a in acc):
+                no_acc.append(labels[k])
+            else:
+                ax_acc.plot(ep, acc, "-", **kw)
+                ah.append(Line2D([], [], ls="-", **kw))
+        names = [labels[k] for k in members]
+        sign = "=" if worst == 0 else "≈"
+        text = f" {sign} ".join(names) + (f" (within {worst:.0e})" if len(members) > 1 and worst > 0 else "")
+        loss_handles.append((tuple(lh), text))
+        if ah:
+            acc_handles.append((tuple(ah), text))
+    style = [(Line2D([], [], color="0.3", ls="-", lw=1.4), "train"),
+             (Line2D([], [], color="0.3", ls="--", lw=1.4), "test")]
+    handler = {tuple: HandlerTuple(ndivide=None, pad=0.3)}
+    ax_loss.legend([h for h, _ in loss_handles + style], [t for _, t in loss_handles + style], fontsize=7.5,
+                   handler_map=handler, handlelength=3.2 if any(len(h) > 1 for h, _ in loss_handles) else 2.2)
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("loss per sample" + (" (log scale)" if log_loss else ""))
+    ax_loss.set_title("loss (solid: train, dashed: test)", fontsize=10)
+    if log_loss:
+        ax_loss.set_yscale("log")
+    ax_loss.grid(alpha=0.3, which="both" if log_loss else "major")
+    ax_acc.set_xlabel("epoch")
+    ax_acc.set_title("test accuracy", fontsize=10)
+    ax_acc.grid(alpha=0.3)
+    if acc_handles:
+        ax_acc.legend([h for h, _ in acc_handles], [t for _, t in acc_handles], fontsize=7.5, handler_map=handler,
+                      handlelength=3.2 if any(len(h) > 1 for h, _ in acc_handles) else 2.2)
+    if no_acc:       # say why a panel (or a run in it) has nothing to show
+        note = ("nothing to show: regression runs have no accuracy" if not acc_handles else
+                f"no accuracy (regression): {', '.join(no_acc)}")
+        ax_acc.text(0.5, 0.5 if not acc_handles else 0.03, note, ha="center", va="center" if not acc_handles
+                    else "bottom", transform=ax_acc.transAxes, fontsize=9 if not acc_handles else 7.5, color="0.3")
+        if not acc_handles:
+            ax_acc.set_yticks([])
+    for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        if n_ep == 1:
+            ep0 = series[0]["epoch"][0]
+            ax.set_xlim(ep0 - 0.5, ep0 + 0.5)
+            ax.set_xticks([ep0])
+    names = {r["name"] for r in runs}
+    if title is None and len(names) == 1:
+        title = _tex_safe(f"{names.pop()}: {n_ep} epoch{'s' if n_ep > 1 else ''}")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def plot_runs(run_dirs, path, title: str | None = None, warn=None, log_loss: bool = False) -> Path:
+    """Train (solid) and test (dashed) loss, and test accuracy, per epoch of several runs on
+    one figure (2 panels). Each run is labelled by its algorithm (and its folder where
+    algorithms repeat); runs whose curves coincide (e.g. zil and bp) are one legend entry,
+    ``zil = bp``, drawn one over the other with different markers and widths so both show.
+    Markers on every curve (every few epochs on long runs), integer epochs, ``log_loss`` for
+    a log loss axis (every loss must then be positive), and a note where a panel has nothing
+    to show (regression runs have no accuracy). The title defaults to the runs' spec name.
+    Inputs are validated (see :func:`load_run`); an unwritable ``path`` is a :class:`VizError`."""
+    import matplotlib
 
     path = Path(path)
     _check_out(path)
     runs = [load_run(d, warn) for d in run_dirs]
     if not runs:
         raise VizError("no run folders given", "plot")
-    fig = Figure(figsize=(12, 4.6))
-    ax_loss, ax_acc = fig.subplots(1, 2)
-    colors = [f"C{k % 10}" for k in range(len(runs))]
-    any_acc = False
-    markers = "osD^v<>p*h"
-    for k, (run, c) in enumerate(zip(runs, colors)):
-        recs = run["records"]
-        # identical curves (Z-IL = BP) stay visible: earlier runs drawn thicker, own markers
-        lw = 1.2 + 2.4 * (len(runs) - 1 - k) / max(len(runs) - 1, 1)
-        ms = 3 + 3 * (len(runs) - 1 - k) / max(len(runs) - 1, 1)
-        folder = _show(Path(run["dir"]).name)
-        label = _tex_safe(f"{run['algorithm']}: {folder}" + (f" ({run['name']})" if run["name"] != folder else ""))
-        ep = [r.get("epoch", k + 1) for k, r in enumerate(recs)]
-        marker = markers[k % len(markers)] if len(recs) < 30 else None
-        ax_loss.plot(ep, [r.get("train_loss", float("nan")) for r in recs], "-", color=c, marker=marker, ms=ms, lw=lw,
-                     label=f"{label} train")
-        ax_loss.plot(ep, [r.get("test_loss", float("nan")) for r in recs], "--", color=c, marker=marker, ms=ms, lw=lw,
-                     mfc="white", label=f"{label} test")
-        acc = [r.get("test_accuracy") for r in recs]
-        if not all(_nan(a) for a in acc):
-            any_acc = True
-            ax_acc.plot(ep, [float("nan") if _nan(a) else a for a in acc], "-", color=c, marker=marker, ms=ms, lw=lw,
-                        label=label)
-    ax_loss.set_xlabel("epoch")
-    ax_loss.set_ylabel("loss per sample")
-    ax_loss.set_title("loss (solid: train, dashed: test)")
-    ax_loss.grid(alpha=0.3)
-    ax_loss.legend(fontsize=7)
-    ax_acc.set_xlabel("epoch")
-    ax_acc.set_title("test accuracy")
-    ax_acc.grid(alpha=0.3)
-    if any_acc:
-        ax_acc.legend(fontsize=7)
-    else:
-        ax_acc.text(0.5, 0.5, "regression runs: no accuracy", ha="center", va="center", transform=ax_acc.transAxes)
-    for ax in (ax_loss, ax_acc):
-        ax.xaxis.get_major_locator().set_params(integer=True)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
     try:
+        fig = runs_figure(runs, title=title, log_loss=log_loss)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
+        with matplotlib.rc_context({"svg.fonttype": "none"}):      # SVG text stays text
+            fig.savefig(path, dpi=100)
+    except VizError:
+        raise
     except OSError as exc:
         raise VizError(f"cannot write the picture: {_show(exc.strerror or exc)}", "-o", _show(path)) from None
     except (ValueError, OverflowError) as exc:     # e.g. a --title with bad mathtext
