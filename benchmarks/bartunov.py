@@ -8,7 +8,8 @@ hyperparameters) on MNIST FC and MNIST LC for ``--epochs`` epochs and writes, un
   (the paper reports the best of 500 epochs) and at the last epoch, beside the paper's
   Table 1;
 - ``results.json``: every epoch's train error, test error and seconds per method;
-- ``curves.png``: train (dashed) and test (solid) error per epoch, one panel per network.
+- ``curves.png``: train (dashed) and test (solid) error per epoch, one panel per network
+  (``--png FILE`` elsewhere; ``--replot results.json`` redraws it without training).
 
 Every run is a :class:`pcgraph.Trainer` with its own checkpoint directory
 (``--out/runs/NET/METHOD``), so an interrupted benchmark resumes where it stopped and a
@@ -118,29 +119,98 @@ def table(results: dict, epochs: int) -> str:
     return "\n".join(lines)
 
 
+#: a marker per method (with a colour per method from pcgraph.viz.graph.STEP_COLORS: 20 colours
+#: at least 27 apart in CIELAB, so no two methods share a hue in light and dark shades)
+MARKERS = "osD^v<>phP*X"
+
+
+def _same(a: list[dict], b: list[dict]) -> bool:
+    keys = ("epoch", "train_error", "test_error")
+    return len(a) == len(b) and all(x.get(k) == y.get(k) for x, y in zip(a, b) for k in keys)
+
+
 def plot(results: dict, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Write :func:`figure` to ``path``."""
+    figure(results).savefig(path, dpi=110)
+
+
+def figure(results: dict):
+    """Train (dashed, hollow markers) and test (solid, filled) error per epoch, one panel per
+    network, log scale. Methods whose every epoch is equal (zil and bp) are one entry,
+    ``bp = zil``, drawn one over the other (the second thinner, crosses) so both show. A
+    network trained for one epoch is a dot chart: a column per method, values written."""
+    from matplotlib.figure import Figure
+    from matplotlib.legend_handler import HandlerTuple
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    from pcgraph.viz.graph import STEP_COLORS
 
     nets = [n for n in results if any(results[n].values())]
-    fig, axes = plt.subplots(1, len(nets), figsize=(6.5 * len(nets), 4.5), squeeze=False)
+    fig = Figure(figsize=(7.2 * len(nets), 4.6))
+    axes = fig.subplots(1, len(nets), squeeze=False)
     for ax, net in zip(axes[0], nets):
-        for k, (method, hist) in enumerate(results[net].items()):
-            if not hist:
-                continue
-            colour = plt.get_cmap("tab20")(k % 20)      # 11 methods: more than C0-C9
-            ep = [h["epoch"] for h in hist]
-            ax.plot(ep, [h["test_error"] for h in hist], "-", color=colour, label=method)
-            ax.plot(ep, [h["train_error"] for h in hist], "--", color=colour, alpha=0.6)
+        runs = [(m, h) for m, h in results[net].items() if h]
+        groups: list[list[int]] = []
+        for k, (m, h) in enumerate(runs):
+            for g in groups:
+                if _same(runs[g[0]][1], h):
+                    g.append(k)
+                    break
+            else:
+                groups.append([k])
+        one_epoch = all(len(h) == 1 for _, h in runs)
+        handles, texts = [], []
+        for gi, members in enumerate(groups):
+            hs = []
+            for j, k in enumerate(members):
+                method, hist = runs[k]
+                colour = STEP_COLORS[k % len(STEP_COLORS)]
+                marker = MARKERS[k % len(MARKERS)] if j == 0 else "x"
+                lw, ms = (2.8, 8) if j == 0 and len(members) > 1 else (1.5, 6) if j == 0 else (1.0, 6)
+                if one_epoch:          # test left, train right of the method's column, values written
+                    te, tr = hist[0]["test_error"], hist[0]["train_error"]
+                    ax.plot([gi - 0.13], [te], ls="", marker=marker, ms=ms + 1, color=colour, zorder=3 + j)
+                    ax.plot([gi + 0.13], [tr], ls="", marker=marker, ms=ms + 1, mfc="white", mew=1.4,
+                            color=colour, zorder=3 + j)
+                    if j == 0:
+                        ax.annotate(f"{te:.2f}", (gi - 0.13, te), xytext=(-5, 0), textcoords="offset points",
+                                    ha="right", va="center", fontsize=7.5, color=colour)
+                        ax.annotate(f"{tr:.2f}", (gi + 0.13, tr), xytext=(5, 0), textcoords="offset points",
+                                    ha="left", va="center", fontsize=7.5, color=colour)
+                else:
+                    ep = [h["epoch"] for h in hist]
+                    every = max(1, len(ep) // 12)
+                    ax.plot(ep, [h["test_error"] for h in hist], "-", color=colour, marker=marker, ms=ms, lw=lw,
+                            markevery=every, zorder=3 + j)
+                    ax.plot(ep, [h["train_error"] for h in hist], "--", color=colour, marker=marker, ms=ms - 1,
+                            lw=lw * 0.8, mfc="white", markevery=every, alpha=0.85, zorder=2 + j)
+                hs.append(Line2D([], [], color=colour, marker=marker, ms=ms, lw=0 if one_epoch else lw))
+            handles.append(tuple(hs))
+            texts.append(" = ".join(runs[k][0] for k in members))
+        style = [(Line2D([], [], color="0.3", ls="" if one_epoch else "-", marker="o"), "test error"),
+                 (Line2D([], [], color="0.3", ls="" if one_epoch else "--", marker="o", mfc="white"), "train error")]
         ax.set_yscale("log")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("error % (test solid, train dashed)")
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+        if one_epoch:
+            ax.set_xticks(range(len(groups)))
+            ax.set_xticklabels(texts, rotation=30, ha="right", fontsize=8)
+            ax.set_xlim(-0.7, len(groups) - 0.3)
+            ax.set_xlabel(f"method (after epoch {runs[0][1][0]['epoch']})")
+            ax.legend([h for h, _ in style], [t for _, t in style], fontsize=8, loc="best")
+        else:
+            ax.set_xlabel("epoch")
+            ax.xaxis.get_major_locator().set_params(integer=True)
+            ax.legend([*handles, *[h for h, _ in style]], [*texts, *[t for _, t in style]], fontsize=7.5,
+                      handler_map={tuple: HandlerTuple(ndivide=None, pad=0.3)}, loc="upper left",
+                      bbox_to_anchor=(1.01, 1.0), frameon=False, handlelength=3.0)
+        ax.set_ylabel("error % (log scale)")
         ax.set_title(net)
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    return fig
 
 
 def main(argv=None) -> int:
@@ -152,7 +222,18 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="spec override for every run, e.g. data.train_subset=10000")
+    p.add_argument("--replot", metavar="RESULTS_JSON",
+                   help="train nothing: redraw the curves of a results.json this script wrote (--nets picks panels)")
+    p.add_argument("--png", metavar="FILE", help="the picture to write (default: OUT/curves.png)")
     args = p.parse_args(argv)
+    if args.replot:
+        results = json.loads(Path(args.replot).read_text())
+        keep = [n for n in args.nets.split(",") if n in results] or list(results)
+        png = Path(args.png) if args.png else Path(args.out) / "curves.png"
+        png.parent.mkdir(parents=True, exist_ok=True)
+        plot({n: results[n] for n in keep}, png)
+        print(f"wrote {png}")
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -164,9 +245,10 @@ def main(argv=None) -> int:
             results[net][method] = run_one(net, method, args.epochs, out, args.sets, print)
             (out / "results.json").write_text(json.dumps(results, indent=1))
             (out / "table.md").write_text(table(results, args.epochs))
-    plot(results, out / "curves.png")
+    png = Path(args.png) if args.png else out / "curves.png"
+    plot(results, png)
     print(table(results, args.epochs))
-    print(f"wrote {out / 'table.md'}, {out / 'results.json'}, {out / 'curves.png'}")
+    print(f"wrote {out / 'table.md'}, {out / 'results.json'}, {png}")
     return 0
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import struct
+from pathlib import Path
 
 import matplotlib
 
@@ -309,3 +310,77 @@ def test_log_loss_axis_is_validated(tmp_path, capsys):
     assert err.count("\n") == 1 and "--log-loss" in err and "test_loss = 0 at epoch 2" in err
     assert not (tmp_path / "bad.png").exists()
     assert main(["plot", str(a), str(z), "-o", str(tmp_path / "lin.png")]) == 0
+
+
+# ---------------------------------------------- the Bartunov curves and the ablation plots ----
+def bartunov_module():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bartunov.py"
+    spec = importlib.util.spec_from_file_location("bartunov_for_test", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_bartunov_curves_show_every_method(tmp_path):
+    bt = bartunov_module()
+    hist = lambda a: [{"epoch": e, "test_error": a / e, "train_error": 0.8 * a / e} for e in (1, 2, 3)]  # noqa: E731
+    results = {"mnist_fc": {m: hist(2 + k) for k, m in enumerate(bt.METHODS)}}
+    results["mnist_fc"]["zil"] = hist(2)                       # zil's records equal bp's
+    ax = bt.figure(results).axes[0]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend[0] == "bp = zil" and len(legend) == len(bt.METHODS) - 1 + 2
+    lines = ax.get_lines()
+    assert len(lines) == 2 * len(bt.METHODS)                   # test and train of every method drawn
+    colors = {ln.get_color() for ln in lines}
+    assert len(colors) == len(bt.METHODS)                      # no two methods share a colour
+    bp, zil = lines[0], lines[2]
+    assert np.array_equal(bp.get_ydata(), zil.get_ydata()) and bp.get_marker() != zil.get_marker()
+    assert bp.get_linewidth() > zil.get_linewidth()
+    # one epoch: a dot chart, a column per method (bp = zil share one), values written
+    one = {"mnist_lc": {m: [{"epoch": 1, "test_error": 8.47 + k, "train_error": 8.45 + k}]
+                        for k, m in enumerate(["bp", "fa", "dfa"])}}
+    one["mnist_lc"]["zil"] = [dict(one["mnist_lc"]["bp"][0])]
+    ax = bt.figure(one).axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["bp = zil", "fa", "dfa"]
+    assert all(ln.get_marker() not in ("None", "", None) for ln in ax.get_lines())
+    assert {"8.47", "8.45", "10.47"} <= {t.get_text() for t in ax.texts}
+    # --replot redraws from a results.json without training
+    import json
+    import subprocess
+    import sys
+
+    (tmp_path / "r.json").write_text(json.dumps(one))
+    script = str(Path(__file__).resolve().parents[1] / "benchmarks" / "bartunov.py")
+    res = subprocess.run([sys.executable, script, "--replot", str(tmp_path / "r.json"), "--png",
+                          str(tmp_path / "c.png")], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert png_size(tmp_path / "c.png")[0] > 500
+
+
+def test_ablation_axes_are_defined_and_uncrowded():
+    from pcgraph.studies.ablation import ablation_figure
+
+    values = ["0.0", "0.0001", "0.01", "1.0", "100.0"]
+    sub = [("C1", v, l, test, w, float("nan")) for l in (1, 2, 3)
+           for v, test, w in zip(values, (0.0, 0.0, 0.17, 2.2, 2.6), (2.9e-16, 6.9e-6, 6.9e-4, 0.19, 0.87))]
+    fig = ablation_figure("C1", sub, [1, 2, 3], "init_noise sigma")
+    fig.draw_without_rendering()
+    gap, weight = fig.axes
+    assert "percentage points" in gap.get_ylabel() and "||W - W_BP||" in weight.get_ylabel()
+    notes = " ".join(t.get_text() for t in fig.texts)
+    assert "averaged over the evaluations" in notes and "L2 norm of W - W_BP" in notes
+    for ax in (gap, weight):
+        shown = [t.get_text() for t in ax.get_yticklabels() if t.get_text()]
+        assert 2 <= len(shown) <= 7, shown
+        boxes_ = [t.get_window_extent() for t in ax.get_yticklabels() if t.get_text()]
+        for i in range(len(boxes_)):
+            for j in range(i + 1, len(boxes_)):
+                assert not boxes_[i].overlaps(boxes_[j]), shown
+    assert "0" in [t.get_text() for t in gap.get_yticklabels()]         # exact zeros on their own baseline
+    assert "1e-16" in [t.get_text() for t in weight.get_yticklabels()]  # round-off shown as what it is
+    # coinciding series (every layer count at 1.0) all stay visible: later ones drawn smaller
+    fz = [("fazil", str(t), l, float("nan"), float("nan"), 1.0) for l in (1, 2, 3) for t in (1, 2, 4)]
+    lines = ablation_figure("fazil", fz, [1, 2, 3], "t_d").axes[0].get_lines()
+    assert len(lines) == 3 and lines[0].get_markersize() > lines[1].get_markersize() > lines[2].get_markersize()

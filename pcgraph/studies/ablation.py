@@ -201,11 +201,84 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+#: what each plotted column of :func:`summarize` means (y-axis label, one-line definition)
+METRIC_TEXT = {
+    3: ("test-error gap to BP\n(percentage points)",
+        "test-error gap: |test error - BP's test error| in percentage points, averaged over the evaluations "
+        "(one per epoch)"),
+    4: ("final-weight distance to BP\n(sum over parameters of ||W - W_BP||)",
+        "final-weight distance: the sum over parameter tensors of the L2 norm of W - W_BP after training"),
+    5: ("detection success rate", "Song's phi trigger: the share of mini-batches whose update it times right"),
+}
+
+
+def _zero_log_axis(ax, values: list[float]):
+    """A log y axis that also shows exact zeros: they sit on a baseline ("0") below the
+    smallest positive value, under a dotted break; a few decade ticks (at most six) so the
+    labels never crowd. Returns the function mapping a value to where it is drawn."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    pos = [v for v in values if v > 0 and math.isfinite(v)]
+    lo = min(pos) if pos else 1.0
+    hi = max(pos) if pos else 1.0
+    floor = lo / 30 if any(v == 0 for v in values) else None
+    ax.set_yscale("log")
+    d0, d1 = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
+    step = max(1, math.ceil((d1 - d0 + 1) / 5))
+    ticks = [10.0 ** d for d in range(d0, d1 + 1, step)]
+    labels = {t: f"1e{int(round(math.log10(t)))}" if not 0.01 <= t <= 1000 else f"{t:g}" for t in ticks}
+    if floor is not None:
+        ticks = [floor] + ticks
+        labels[floor] = "0"
+        ax.axhline(math.sqrt(floor * lo), color="0.6", lw=0.8, ls=":", zorder=0)
+    ax.yaxis.set_major_locator(FixedLocator(ticks))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: labels.get(v, "")))
+    ax.yaxis.set_minor_locator(NullLocator())
+    bottom = (floor if floor is not None else lo) / 3
+    ax.set_ylim(bottom, hi * 3)
+    return lambda v: (floor if v == 0 and floor is not None else v) if math.isfinite(v) else float("nan")
+
+
+def ablation_figure(cond: str, sub: list[tuple], layers: list[int], xlabel: str):
+    """One condition's figure (a Figure, not saved) from :func:`summarize`'s rows ``sub``."""
+    from matplotlib.figure import Figure
+
+    metrics = [5] if cond == "fazil" else [3, 4]
+    fig = Figure(figsize=(5.2 * len(metrics), 3.9))
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    markers = "osD^v<>"
+    for ax, idx in zip(axes, metrics):
+        xs_all = list(dict.fromkeys(str(s[1]) for s in sub))
+        vals = [s[idx] for s in sub]
+        place = _zero_log_axis(ax, vals) if cond != "fazil" else (lambda v: v)
+        for k, l in enumerate(layers):
+            pts = [s for s in sub if s[2] == l]
+            xs = [xs_all.index(str(s[1])) for s in pts]
+            ys = [place(s[idx]) if math.isfinite(s[idx]) else float("nan") for s in pts]
+            # later series thinner, with smaller markers: coinciding series all stay visible
+            ax.plot(xs, ys, marker=markers[k % len(markers)], lw=max(0.8, 2.4 - 0.6 * k), ms=max(3.5, 8.5 - 2 * k),
+                    label=f"{l} hidden layer{'s' * (l > 1)}", zorder=2 + k)
+        ax.set_xticks(range(len(xs_all)))
+        ax.set_xticklabels(xs_all, fontsize=8, rotation=0 if len(xs_all) <= 10 else 45)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(METRIC_TEXT[idx][0], fontsize=9)
+        if cond == "fazil":
+            ax.set_ylim(-0.05, 1.05)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    notes = "; ".join(METRIC_TEXT[i][1] for i in metrics)
+    import textwrap
+
+    fig.suptitle("Fa-Z-IL: how often Song's phi trigger finds the update step" if cond == "fazil" else
+                 f"{cond} ablation: Z-IL variants against BP (same seed, same batches)", fontsize=11)
+    fig.text(0.5, 0.01, "\n".join(textwrap.wrap(notes, 130 if len(metrics) > 1 else 80)), ha="center", va="bottom",
+             fontsize=7.5, color="0.3")
+    fig.tight_layout(rect=(0, 0.09 if len(metrics) > 1 else 0.1, 1, 1))
+    return fig
+
+
 def _plot(out: Path, rows: list[dict]) -> None:
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     summ = summarize(rows)
     layers = sorted({s[2] for s in summ})
@@ -214,22 +287,6 @@ def _plot(out: Path, rows: list[dict]) -> None:
         sub = [s for s in summ if s[0] == cond]
         if not sub:
             continue
-        metrics = [(5, "detection success rate")] if cond == "fazil" else \
-            [(3, "test-error divergence (%)"), (4, "final-weight divergence")]
-        fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.6), squeeze=False)
-        for ax, (idx, ylabel) in zip(axes[0], metrics):
-            for l in layers:
-                pts = [s for s in sub if s[2] == l]
-                xs = [str(s[1]) for s in pts]
-                ys = [s[idx] if math.isfinite(s[idx]) else float("nan") for s in pts]
-                ax.plot(xs, ys, marker="o", label=f"{l} hidden")
-            ax.set_xlabel(xlabel)
-            ax.set_ylabel(ylabel)
-            if cond != "fazil":
-                ax.set_yscale("symlog", linthresh=1e-12)
-            ax.legend()
-            ax.grid(alpha=0.3)
-        fig.suptitle(f"{cond} ablation vs BP")
-        fig.tight_layout()
-        fig.savefig(out / f"ablation_{cond}.png", dpi=110)
-        plt.close(fig)
+        fig = ablation_figure(cond, sub, layers, xlabel)
+        with matplotlib.rc_context({"svg.fonttype": "none"}):
+            fig.savefig(out / f"ablation_{cond}.png", dpi=110)
