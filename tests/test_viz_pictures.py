@@ -143,6 +143,22 @@ def test_an_unrolled_cell_is_drawn_once_with_its_step_count():
     assert len(full.nodes) == len(cg.graph.nodes)
 
 
+def test_a_many_to_many_readout_collapses_with_its_relays_as_a_function_of_k():
+    spec = Spec.from_dict({
+        "name": "m2m", "data": {"dataset": "digits", "batch_size": 4},
+        "model": {"nodes": [{"name": "s", "shape": [5, 3], "role": "input"}],
+                  "unroll": [{"name": "h", "cell": "rnn", "steps": 5, "input": "s", "shape": [4],
+                              "readout": {"to": "y", "shape": [2], "activation": "tanh", "steps": "all"}}]},
+        "loss": "mse", "train": {"algorithm": "zil", "optimizer": {"name": "sgd", "lr": 0.1}}})
+    cg = compile_graph(spec.model, spec.loss)
+    pic = compiled_picture(cg)
+    assert sorted(t.get_text().split("\n")[0] for t in pic.nodes.values()) == ["h[k]", "h[k\u22121]", "h_x[k]",
+                                                                               "s", "y[k]"]
+    # y_k is read from h_k through 5 - k relays (outputs all sit at t = 0): one edge, not five
+    readout = [t.get_text() for t in pic.labels if t.get_text().startswith("linear(tanh(h[k]))")]
+    assert readout == ["linear(tanh(h[k]))\n8 p (y_W)\nvia 5\u2212k relays"]
+
+
 def lab(hexcolor: str) -> np.ndarray:
     c = np.array([int(hexcolor[i:i + 2], 16) / 255 for i in (1, 3, 5)])
     c = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)

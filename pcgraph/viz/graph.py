@@ -555,11 +555,12 @@ def _collapsed_drawing(cg, raw: bool):
                 names.append(o)
         shapes = ops[i].param_shapes()
         n_params = sum(math.prod(x) for x in shapes.values())
-        key = (tuple(srcs), drawn_dst, e.op, tuple(e.activations), e.key if shapes else None, via)
+        key = (tuple(srcs), drawn_dst, e.op, tuple(e.activations), e.key if shapes else None)
         grp = groups.setdefault(key, {"names": names, "ks": [], "opts": [], "n_params": n_params,
                                       "param": e.key if shapes else None, "shared": users.get(e.key, 0) > 1,
-                                      "steps": [], "via": via, "cell": dcell[0] if dcell else None})
+                                      "steps": [], "via": [], "cell": dcell[0] if dcell else None})
         grp["ks"].append(dcell[2] if dcell else 0)
+        grp["via"].append(via)
         grp["opts"].append(option_parts(ops[i]))
         if shapes:
             grp["steps"].append(depth[dst])
@@ -606,7 +607,7 @@ def _collapsed_drawing(cg, raw: bool):
     all_ks = {u: sorted(steps_of[u]) for u in cells}
     step_keys: dict = {}
     pending = []
-    for (srcs, dst, op, acts, param, via), grp in groups.items():
+    for (srcs, dst, op, acts, param), grp in groups.items():
         ks = grp["ks"]
         order = sorted(range(len(ks)), key=lambda j: ks[j])
         ks_sorted = [ks[j] for j in order]
@@ -628,8 +629,11 @@ def _collapsed_drawing(cg, raw: bool):
             kr = _k_range(ks_sorted, all_ks[grp["cell"]])
             if kr and not (len(ks_sorted) == 1 and any(n[-1:].isdigit() for n in grp["names"])):
                 notes.append(kr)
+        vias = [grp["via"][j] for j in order]
+        via = max(vias)
         if via:
-            notes.append(f"via {via} relay{'s' if via > 1 else ''}")
+            count = str(via) if len(set(vias)) == 1 else _in_k(ks_sorted, vias)
+            notes.append(f"via {count} relay{'' if count == '1' else 's'}")
         label = edge_label(op, acts, grp["names"], ", ".join(opts_parts), params, ", ".join(notes))
         if grp["steps"]:
             st = [grp["steps"][j] for j in range(len(grp["steps"]))]
