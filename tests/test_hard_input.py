@@ -81,6 +81,36 @@ def test_nul_in_names_is_rejected(tmp_path, capsys):
     assert f"{f}:6:" in err and "NUL" in err
 
 
+def test_an_endless_spec_file_is_read_no_further_than_the_limit(tmp_path, capsys, monkeypatch):
+    """/dev/zero as a spec was read whole (all memory, then a misleading out-of-memory line);
+    found by tests/test_fuzz.py."""
+    import pcgraph.spec.schema as schema
+
+    t0 = time.perf_counter()
+    err = _cli_error(capsys, ["show", "/dev/zero"])
+    assert "/dev/zero: the spec is longer than 64 MiB" in err and time.perf_counter() - t0 < 10
+    monkeypatch.setattr(schema, "MAX_SPEC_BYTES", len(GOOD))
+    f = tmp_path / "long.yaml"
+    f.write_text(GOOD + "# one more line\n")
+    assert "longer than" in _cli_error(capsys, ["show", str(f)])
+
+
+def test_a_spec_from_a_pipe_is_still_read(capsys):
+    """pcgraph run <(...) reads a pipe: the limit reads no further, it does not refuse pipes."""
+    import os
+    import threading
+
+    r, w = os.pipe()
+    writer = threading.Thread(target=lambda: (os.write(w, GOOD.encode()), os.close(w)))
+    writer.start()
+    try:
+        assert main(["show", f"/dev/fd/{r}"]) == 0
+    finally:
+        writer.join()
+        os.close(r)
+    assert "spec tiny" in capsys.readouterr().out
+
+
 # ---- 2. checkpoints ------------------------------------------------------------------------
 
 class _Evil:

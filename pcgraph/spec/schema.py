@@ -25,6 +25,8 @@ from .yamlio import decode_spec, dump_yaml, load_yaml, locate
 
 MAX_SEED = 2 ** 62      # seeds feed torch.Generator.manual_seed (int64), offset per use
 MAX_NAME = 200          # a spec's name becomes a folder name (runs/<name>): under the OS's 255 bytes
+#: a spec file longer than this is refused (read no further: /dev/zero, or a FIFO's endless writer)
+MAX_SPEC_BYTES = 64 << 20
 TOP_KEYS = ("name", "description", "seed", "data", "model", "loss", "train", "clamp", "queries", "evaluate")
 NODE_KEYS = ("name", "shape", "role", "kind", "prior")
 
@@ -511,9 +513,13 @@ class Spec:
     def load(cls, path: str | Path, overrides: list[str] | None = None, algorithm: str | None = None) -> "Spec":
         path = Path(path)
         try:
-            raw = path.read_bytes()
+            with open(path, "rb") as fh:        # (a pipe is read too: pcgraph run <(...))
+                raw = fh.read(MAX_SPEC_BYTES + 1)
         except OSError as exc:
-            raise SpecError(f"cannot read the spec: {exc.strerror}", None, str(path)) from None
+            raise SpecError(f"cannot read the spec: {exc.strerror or exc}", None, str(path)) from None
+        if len(raw) > MAX_SPEC_BYTES:
+            raise SpecError(f"the spec is longer than {MAX_SPEC_BYTES >> 20} MiB: not a spec file (read no further)",
+                            None, str(path))
         text = decode_spec(raw, str(path))
         return cls.from_yaml(text, str(path), overrides, algorithm)
 
