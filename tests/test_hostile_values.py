@@ -60,7 +60,8 @@ def test_flipped_bytes_inside_a_tensor_are_refused_on_resume(spec, tmp_path, cap
 
 def test_a_changed_model_tensor_is_named(tmp_path):
     path = tmp_path / "c.pt"
-    save_checkpoint(path, {"epoch": 1, "model": {"w": torch.ones(4), "b": torch.zeros(2)}, "history": [0.5]})
+    record = {"epoch": 1, "train_loss": 0.5, "test_loss": 0.5, "test_accuracy": 0.5}
+    save_checkpoint(path, {"epoch": 1, "model": {"w": torch.ones(4), "b": torch.zeros(2)}, "history": [record]})
     assert load_checkpoint(path)["epoch"] == 1
     state = torch.load(path, weights_only=True)
     state["model"]["b"][1] = 1e-30          # one value, the digests kept as saved
@@ -68,7 +69,7 @@ def test_a_changed_model_tensor_is_named(tmp_path):
     with pytest.raises(CheckpointError, match=r"c\.pt: model/b: this tensor does not match the digest"):
         load_checkpoint(path)
     state["model"]["b"][1] = 0.0
-    state["history"] = [0.25]                # plain data changed
+    state["history"] = [{**record, "train_loss": 0.25}]       # plain data changed
     torch.save(state, path)
     with pytest.raises(CheckpointError, match="data .* does not match the digest"):
         load_checkpoint(path)
@@ -160,6 +161,158 @@ def test_resume_at_another_dtype_is_refused(spec, tmp_path, capsys):
                           "--no-progress"])
     assert "--dtype" in err and "float32" in err and "float64" in err and "--init" in err
     assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1     # untouched
+
+
+# ---- found by tests/test_fuzz.py: checkpoints whose digests were recomputed, special files ----
+
+ADAM = GOOD.replace("optimizer: {name: sgd, lr: 0.01}", "optimizer: {name: adam, lr: 0.01}")
+
+
+def _resaved(ckpt, change) -> None:
+    """``ckpt`` changed by ``change(state)`` and saved with digests recomputed (a crafted file,
+    or one damaged before it was saved: the digests cannot tell)."""
+    state = torch.load(ckpt, weights_only=True)
+    change(state)
+    save_checkpoint(ckpt, {k: v for k, v in state.items() if k not in ("format", DIGESTS)})
+
+
+def _set(path, value):
+    def change(state):
+        cur = state
+        for key in path[:-1]:
+            cur = cur[key]
+        cur[path[-1]] = value
+    return change
+
+
+@pytest.mark.parametrize("change, where", [
+    (_set(("spec", "model", "nodes", 1), torch.zeros(3, 3)), "spec: expected the spec as a mapping of plain data"),
+    (_set(("model",), (1, 2)), "model: expected the weights as a mapping"),
+    (_set(("model", "params.x_to_h.weight"), torch.zeros(8, 64, dtype=torch.complex64)),
+     "model/params.x_to_h.weight: expected real floating-point weights"),
+    (_set(("epoch",), "1"), "epoch: expected a whole number"),
+    (_set(("history",), [5]), "history/0: expected an epoch record"),
+    (_set(("batch_rng",), torch.zeros(3)), "batch_rng: expected a random generator's state"),
+    (_set(("optimizer", "param_groups", 0, "betas"), torch.zeros(2)), "optimizer/param_groups/0/betas"),
+    (_set(("optimizer", "state", 0, "exp_avg"), torch.zeros(3)), "optimizer/state/0/exp_avg"),
+    (_set(("optimizer", "param_groups", 0, "params"), [0]), "optimizer/param_groups/0/params"),
+    (_set(("rule",), 5), "rule: expected a mapping"),
+])
+def test_a_checkpoint_of_the_wrong_form_is_one_line_even_with_digests(tmp_path, capsys, change, where):
+    """These went through the digests (recomputed) and crashed inside torch or pcgraph (a
+    traceback, or a multi-line tensor repr) on resume and infer."""
+    f = tmp_path / "adam.yaml"
+    f.write_text(ADAM)
+    out = _trained(f, tmp_path, capsys)
+    _resaved(out / "checkpoint.pt", change)
+    err = _error(capsys, ["run", str(f), "--out", str(out), "--resume", "--epochs", "2", "--no-progress"])
+    assert where in err and str(out / "checkpoint.pt") in err, err
+    if not where.startswith("optimizer"):       # (infer reads the spec and the weights only)
+        assert where in _error(capsys, ["infer", str(out)])
+
+
+def test_weights_that_do_not_fit_are_one_line_in_infer(spec, tmp_path, capsys):
+    out = _trained(spec, tmp_path, capsys)
+    _resaved(out / "checkpoint.pt", lambda s: s["model"].__setitem__("params.extra", s["model"].pop(
+        "params.h_to_y.weight")))
+    err = _error(capsys, ["infer", str(out)])         # (torch's message has a line per key)
+    assert "weights do not fit" in err and "params.extra" in err
+
+
+def test_an_older_checkpoint_that_is_refused_says_one_line_no_note(spec, tmp_path, capsys):
+    out = _trained(spec, tmp_path, capsys)
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    del state[DIGESTS]
+    state["model"]["params.x_to_h.weight"] = torch.zeros(2)
+    torch.save(state, out / "checkpoint.pt")
+    for argv in (["infer", str(out)], ["run", str(spec), "--out", str(out), "--resume", "--epochs", "2"],
+                 ["run", str(spec), "--out", str(tmp_path / "b"), "--init", str(out / "checkpoint.pt")]):
+        err = _error(capsys, argv + (["--no-progress"] if argv[0] == "run" else []))
+        assert "note" not in err and "shape" in err, err
+
+
+def test_a_deeply_nested_checkpoint_with_digests_is_refused(tmp_path):
+    """A list 100,000 deep loads (torch's unpickler is a loop) and then overflowed the stack
+    when its digests were computed."""
+    def text(t: str) -> bytes:
+        return b"X" + struct.pack("<I", len(t)) + t.encode()
+    n = 100_000
+    pkl = (b"\x80\x02}" + text("format") + text(FORMAT) + b"s" + text(DIGESTS) + b"}s" + text("x")
+           + b"]" * n + b"a" * (n - 1) + b"s.")
+    good = tmp_path / "good.pt"
+    save_checkpoint(good, {"epoch": 1})
+    with zipfile.ZipFile(good) as z:
+        members = {i.filename: z.read(i) for i in z.infolist()}
+    members[next(k for k in members if k.endswith("/data.pkl"))] = pkl
+    path = tmp_path / "deep.pt"
+    with zipfile.ZipFile(path, "w") as z:
+        for k, v in members.items():
+            z.writestr(k, v)
+    with pytest.raises(CheckpointError, match="nests deeper"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "folder"])
+def test_a_checkpoint_or_weights_file_that_is_no_file_is_refused_at_once(spec, tmp_path, capsys, kind):
+    """A FIFO in place of checkpoint.pt blocked resume, infer and --init for ever."""
+    import os
+    import signal
+
+    out = _trained(spec, tmp_path, capsys)
+    ckpt = out / "checkpoint.pt"
+    ckpt.unlink()
+    {"fifo": os.mkfifo, "dev-zero": lambda p: p.symlink_to("/dev/zero"), "folder": lambda p: p.mkdir()}[kind](ckpt)
+    what = {"fifo": "a pipe", "dev-zero": "a device", "folder": "a folder"}[kind]
+
+    def hang(*_):
+        raise TimeoutError("no answer in 20 s")
+    old = signal.signal(signal.SIGALRM, hang)
+    signal.alarm(20)
+    try:
+        for argv in (["infer", str(out)], ["run", str(spec), "--out", str(out), "--resume", "--epochs", "2"],
+                     ["run", str(spec), "--out", str(tmp_path / "b"), "--init", str(ckpt)]):
+            err = _error(capsys, argv + (["--no-progress"] if argv[0] == "run" else []))
+            assert f"{ckpt}: the " in err and f"is {what}, not a file" in err, err
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+class _Payload:
+    marker = None
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.int64, torch.bool])
+def test_init_weights_that_are_not_real_floats_are_refused(spec, tmp_path, capsys, dtype):
+    """torch cast them silently (ints, bools) or with a warning of its own (complex)."""
+    import warnings
+
+    out = _trained(spec, tmp_path, capsys)
+    weights = torch.load(out / "checkpoint.pt", weights_only=True)["model"]
+    weights["params.x_to_h.weight"] = weights["params.x_to_h.weight"].to(dtype)
+    torch.save(weights, tmp_path / "w.pt")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        err = _error(capsys, ["run", str(spec), "--out", str(tmp_path / "b"), "--init", str(tmp_path / "w.pt"),
+                              "--no-progress"])
+    assert "params.x_to_h.weight holds" in err and "not real floating-point weights" in err and not seen
+
+
+def test_a_bare_pickle_is_refused_without_torchs_warning(spec, tmp_path, capsys):
+    """torch.load warned (pickle protocol 4) on stderr before pcgraph's one line."""
+    import pickle
+    import warnings
+
+    _Payload.marker = tmp_path / "pwned"
+    (tmp_path / "w.pt").write_bytes(pickle.dumps(_Payload(), protocol=4))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        err = _error(capsys, ["run", str(spec), "--out", str(tmp_path / "b"), "--init", str(tmp_path / "w.pt"),
+                              "--no-progress"])
+    assert "refusing to read the weights" in err and not seen and not _Payload.marker.exists()
 
 
 # ---- item 9: values that pass validation, then break inside torch ----------------------------

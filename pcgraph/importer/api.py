@@ -151,6 +151,9 @@ def _load(net, state: Mapping[str, torch.Tensor], what: str) -> None:
     for k, v in state.items():
         if tuple(v.shape) != tuple(own[k].shape):
             raise CheckpointError(f"{what}: {k} has shape {list(v.shape)}, the spec needs {list(own[k].shape)}")
+        if not v.is_floating_point():       # (torch would cast ints and bools, and drop imaginary parts)
+            raise CheckpointError(f"{what}: {k} holds {str(v.dtype).replace('torch.', '')} values, not real "
+                                  "floating-point weights")
     with torch.no_grad():
         net.load_state_dict(dict(state))
 
@@ -163,11 +166,12 @@ def load_weights(net, path: str | Path, note: Callable[[str], None] | None = Non
     it (a mismatch is a :class:`~pcgraph.errors.CheckpointError` naming the tensor); one
     written before checkpoints carried digests is loaded unverified, and ``note`` is told so
     in one line. A plain state_dict carries no digests (nothing to verify, nothing said)."""
-    from ..train.checkpoint import DIGESTS, FORMAT, verify
+    from ..train.checkpoint import DIGESTS, FORMAT, regular_file, torch_load, verify
 
     path = Path(path)
+    regular_file(path, "weights file")
     try:
-        state = torch.load(path, map_location=net.device, weights_only=True)
+        state = torch_load(path, map_location=net.device)
     except FileNotFoundError:
         raise CheckpointError("no such weights file", None, str(path)) from None
     except pickle.UnpicklingError as exc:
@@ -177,9 +181,10 @@ def load_weights(net, path: str | Path, note: Callable[[str], None] | None = Non
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise CheckpointError(f"cannot read the weights: {type(exc).__name__}: {first}", None, str(path)) from None
+    notes: list[str] = []           # (said once the weights are in: a refusal is one line)
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         if state.get("format") == FORMAT or DIGESTS in state:      # a pcgraph checkpoint
-            verify(state, path, note)
+            verify(state, path, notes.append)
         state = state["model"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError("not a weights file (expected a state_dict of tensors)", None, str(path))
@@ -187,3 +192,5 @@ def load_weights(net, path: str | Path, note: Callable[[str], None] | None = Non
         _load(net, state, "the weights")
     except PCGraphError as err:
         raise err.located(str(path)) from None
+    for line in notes if note is not None else ():
+        note(line)

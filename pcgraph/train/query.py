@@ -281,7 +281,8 @@ def load_experiment(path, overrides: list[str] | None = None, algorithm: str | N
     if ckpt is None:
         spec = Spec.load(p, overrides=overrides, algorithm=algorithm)
         return Experiment.build(spec, device, dtype)
-    state = load_checkpoint(ckpt, map_location=device, note=note)
+    notes: list[str] = []           # (said once the weights are in: a refusal is one line)
+    state = load_checkpoint(ckpt, map_location=device, note=notes.append)
     try:
         spec = Spec.from_dict(state["spec"])
     except (PCGraphError, KeyError, TypeError) as exc:
@@ -292,7 +293,10 @@ def load_experiment(path, overrides: list[str] | None = None, algorithm: str | N
     try:
         exp.net.load_state_dict(state["model"])
     except (RuntimeError, KeyError) as exc:
-        raise CheckpointError(f"the checkpoint's weights do not fit its spec: {exc}", None, str(ckpt)) from None
+        raise CheckpointError(f"the checkpoint's weights do not fit its spec: {' '.join(str(exc).split())}", None,
+                              str(ckpt)) from None
+    for line in notes if note is not None else ():
+        note(line)
     return exp
 
 

@@ -287,7 +287,12 @@ class Trainer:
 
     def resume(self) -> None:
         path = self.checkpoint_path()
-        state = load_checkpoint(path, map_location=self.exp.net.device, note=self.note or self.log)
+        notes: list[str] = []       # (said once the checkpoint is loaded: a refusal is one line)
+        state = load_checkpoint(path, map_location=self.exp.net.device, note=notes.append)
+        lacking = [k for k in ("spec", "epoch", "model", "batch_rng") if k not in state]
+        if lacking:
+            raise CheckpointError(f"the checkpoint holds no {', '.join(lacking)}: it cannot be resumed", None,
+                                  str(path))
         # A change of precision is refused, not converted: a resumed run promises to continue the
         # same computation (as every other changed setting, it is refused below), and float32
         # weights cast to float64 (or back) continue a different one, with the optimizer's state
@@ -312,6 +317,20 @@ class Trainer:
                                   + "; ".join(differ) + "); resume with the checkpoint's settings "
                                   "(only train.epochs may change) or start a new run with another --out",
                                   None, str(path))
+        # what the file holds must have the form of what this run builds (the spec is the same):
+        # a state_dict damaged or crafted, its digests recomputed, is refused here, naming the
+        # entry, instead of failing inside torch at the first step
+        fresh = {"optimizer": self.exp.optimizer, "rule": self.exp.rule, "rule_optimizer": self.exp.rule_optimizer,
+                 "scheduler": self.exp.scheduler}
+        for key, obj in fresh.items():
+            if obj is None:
+                continue
+            if state.get(key) is None:
+                raise CheckpointError(f"the checkpoint holds no {key} state, which this spec needs", key, str(path))
+            bad = (_optimizer_misfit(state[key], obj, key) if isinstance(obj, torch.optim.Optimizer)
+                   else _misfit(state[key], obj.state_dict(), key))
+            if bad:
+                raise CheckpointError(f"the checkpoint does not fit this spec: {bad}", None, str(path))
         try:
             self.exp.net.load_state_dict(state["model"])
             self.exp.optimizer.load_state_dict(state["optimizer"])
@@ -319,16 +338,17 @@ class Trainer:
             if self.exp.rule_optimizer is not None:
                 self.exp.rule_optimizer.load_state_dict(state["rule_optimizer"])
             if self.exp.scheduler is not None:
-                if state.get("scheduler") is None:
-                    raise ValueError("it holds no learning-rate scheduler state")
                 self.exp.scheduler.load_state_dict(state["scheduler"])
+            self.exp.batches.generator.set_state(state["batch_rng"])
         except (RuntimeError, ValueError, KeyError, TypeError) as exc:
-            raise CheckpointError(f"the checkpoint does not fit this spec: {exc}", None, str(path)) from None
-        self.exp.batches.generator.set_state(state["batch_rng"])
+            why = " ".join(str(exc).split()) or type(exc).__name__       # (torch's: a line per key)
+            raise CheckpointError(f"the checkpoint does not fit this spec: {why}", None, str(path)) from None
         self.history = list(state.get("history", []))
         self.start_epoch = int(state["epoch"])
         self.exp.steps_done = int(state.get("steps_done", 0))
         self.saved_epoch = self.start_epoch
+        for line in notes:
+            (self.note or self.log)(line)
         self.log(f"resumed from {path} after epoch {self.start_epoch}")
 
     def _check_finite(self, loss: float, epoch: int, step: int, steps: int, inputs: dict | None = None) -> None:
@@ -742,6 +762,61 @@ def refuse_earlier_run(out: Path) -> None:
     if (Path(out) / "checkpoint.pt").exists():
         raise CheckpointError(f"{out} holds an earlier run's checkpoint: continue it with --resume, or start over "
                               f"with --restart (the earlier run is then kept whole in {out}/previous-K)", "--out")
+
+
+def _finite(v) -> bool:
+    try:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    except OverflowError:       # (an int beyond any float)
+        return False
+
+
+def _misfit(saved, fresh, where: str) -> str | None:
+    """Where ``saved`` (a state_dict read from a checkpoint) departs from the form of ``fresh``
+    (the same object's state_dict as this run builds it): another key set, length or type, a
+    tensor of another shape or dtype, another string, a number that is not finite. None: it fits."""
+    if isinstance(fresh, torch.Tensor):
+        if not isinstance(saved, torch.Tensor) or saved.shape != fresh.shape or saved.dtype != fresh.dtype:
+            return f"{where} is not a {str(fresh.dtype).replace('torch.', '')} tensor of shape {list(fresh.shape)}"
+        return None
+    if isinstance(fresh, dict):
+        if not isinstance(saved, dict) or set(saved) != set(fresh):
+            return f"{where} does not hold the entries {sorted(map(str, fresh))[:8]}"
+        return next((m for k in fresh if (m := _misfit(saved[k], fresh[k], f"{where}/{k}"))), None)
+    if isinstance(fresh, (list, tuple)):
+        if not isinstance(saved, (list, tuple)) or len(saved) != len(fresh):
+            return f"{where} is not a list of {len(fresh)}"
+        return next((m for i, (a, b) in enumerate(zip(saved, fresh)) if (m := _misfit(a, b, f"{where}/{i}"))), None)
+    if _finite(fresh):
+        return None if _finite(saved) else f"{where} is not a finite number"
+    if type(saved) is not type(fresh) or (isinstance(fresh, str) and saved != fresh):
+        return f"{where} is not {fresh!r}"
+    return None
+
+
+def _optimizer_misfit(saved, optimizer: torch.optim.Optimizer, where: str) -> str | None:
+    """:func:`_misfit` for an optimizer's state_dict: its param_groups as this run builds them
+    (numbers may differ, finite), and per parameter state of tensors shaped as the parameter
+    (or scalars: a step count) or finite numbers."""
+    fresh = optimizer.state_dict()
+    if not isinstance(saved, dict) or set(saved) != {"state", "param_groups"} or not isinstance(saved["state"], dict):
+        return f"{where} is not an optimizer's state_dict"
+    bad = _misfit(saved["param_groups"], fresh["param_groups"], f"{where}/param_groups")
+    if bad:
+        return bad
+    if any(a["params"] != b["params"] for a, b in zip(saved["param_groups"], fresh["param_groups"])):
+        return f"{where}/param_groups lists other parameters"
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for i, entry in saved["state"].items():
+        if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < len(params) or not isinstance(entry, dict):
+            return f"{where}/state/{i} is not the state of one of its {len(params)} parameters"
+        for name, v in entry.items():
+            fits = (v.is_floating_point() and tuple(v.shape) in ((), tuple(params[i].shape))
+                    if isinstance(v, torch.Tensor) else _finite(v))
+            if not isinstance(name, str) or not fits:
+                return (f"{where}/state/{i}/{name} is not a finite number or a float tensor of shape "
+                        f"{list(params[i].shape)}")
+    return None
 
 
 def _resume_differences(saved: Spec, now: Spec) -> list[str]:
