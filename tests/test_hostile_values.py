@@ -402,3 +402,17 @@ def test_a_nan_loss_names_the_node_and_parameter(spec, tmp_path, capsys):
                           "--set", "train.optimizer={name: sgd, lr: 1.0e+38}"], rc=3)
     assert "the training loss is nan" in err or "the training loss is inf" in err, err
     assert "node 'h'" in err and "params.x_to_h.weight" in err, err
+
+
+def test_a_nan_step_under_a_schedule_says_one_line(spec, tmp_path, capsys):
+    """The schedule stepped after a step that updated nothing, and torch warned (on stderr,
+    before the one line) that a scheduler stepped before its optimizer."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        err = _error(capsys, ["run", str(spec), "--out", str(tmp_path / "run"), "--no-progress", "--epochs", "2",
+                              "--set", "train.optimizer={name: sgd, lr: 1.0e+38}",
+                              "--set", "train.scheduler={name: cosine, T_max: 4}"], rc=3)
+    assert "the training loss is nan" in err or "the training loss is inf" in err, err
+    assert not [w for w in seen if "lr_scheduler" in str(w.message)], [str(w.message) for w in seen]

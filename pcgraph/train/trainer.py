@@ -199,8 +199,8 @@ class Experiment:
             if not self.rule.steps_optimizer and math.isfinite(loss):  # (iPC stepped them already)
                 for opt in self.optimizers:
                     opt.step()
-        if self.scheduler is not None:
-            self.scheduler.step_update()
+        if self.scheduler is not None and math.isfinite(loss):     # (a step that updated nothing moves no schedule:
+            self.scheduler.step_update()                          # torch warns of a schedule before its optimizer)
         return loss
 
     @property
