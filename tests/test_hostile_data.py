@@ -336,3 +336,64 @@ def test_the_cli_locates_bad_data_values(tmp_path, capsys):
         assert main(["run", str(spec), "--out", str(tmp_path / "run"), "--set", setting]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "Traceback" not in err and where in err, err
+
+
+# ---- found by tests/test_fuzz.py: MNIST raw files that do not fit each other -------------------------
+
+def _mnist_root(tmp_path: Path, n_train: int = 12, n_test: int = 6) -> Path:
+    """A data root with MNIST's four raw idx files (uint8; random images, labels 0..9)."""
+    import struct
+
+    g = np.random.default_rng(0)
+    raw = tmp_path / "mroot" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        (raw / f"{split}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 0x803, n, 28, 28)
+                                                         + g.integers(0, 256, n * 784, dtype=np.uint8).tobytes())
+        (raw / f"{split}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 0x801, n)
+                                                         + g.integers(0, 10, n, dtype=np.uint8).tobytes())
+    return tmp_path / "mroot"
+
+
+def _rewrite(path: Path, edit) -> None:
+    b = bytearray(path.read_bytes())
+    edit(b)
+    path.write_bytes(bytes(b))
+
+
+def test_a_small_mnist_root_loads(tmp_path, monkeypatch):
+    monkeypatch.setenv("PCGRAPH_CACHE", str(tmp_path / "cache"))
+    d = load_dataset("mnist", str(_mnist_root(tmp_path)))
+    assert tuple(d.train_x.shape) == (12, 1, 28, 28) and tuple(d.test_y.shape) == (6,)
+
+
+@pytest.mark.parametrize("case, why", [
+    ("fewer labels", "10 labels for 12 images"),                    # trained on 10 of 12 images, silently
+    ("label 200", "training sample 3 has the label 200, not a class index in 0..9"),   # IndexError in the step
+    ("test images 27 x 27", "training samples have shape [1, 28, 28], its test samples [1, 27, 27]"),  # traceback
+    ("type byte", "its idx header starts 0x00000d03"),            # torchvision: 'AssertionError: '
+    ("empty", "0 bytes, shorter than an idx header"),             # torchvision: invalid literal for int()
+    ("cut short", "its header says 12 x 28 x 28 bytes of images, the file holds 9000"),
+])
+def test_mnist_files_that_do_not_fit_are_one_located_line(tmp_path, monkeypatch, case, why):
+    import struct
+
+    monkeypatch.setenv("PCGRAPH_CACHE", str(tmp_path / "cache"))
+    root = _mnist_root(tmp_path)
+    raw = root / "MNIST" / "raw"
+    if case == "fewer labels":
+        _rewrite(raw / "train-labels-idx1-ubyte", lambda b: (b.__setitem__(slice(4, 8), struct.pack(">I", 10)),
+                                                            b.__delitem__(slice(18, None))))
+    elif case == "label 200":
+        _rewrite(raw / "train-labels-idx1-ubyte", lambda b: b.__setitem__(8 + 3, 200))
+    elif case == "test images 27 x 27":
+        (raw / "t10k-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 0x803, 6, 27, 27) + bytes(6 * 729))
+    elif case == "type byte":
+        _rewrite(raw / "train-images-idx3-ubyte", lambda b: b.__setitem__(2, 0x0D))
+    elif case == "empty":
+        (raw / "t10k-labels-idx1-ubyte").write_bytes(b"")
+    else:
+        _rewrite(raw / "train-images-idx3-ubyte", lambda b: b.__delitem__(slice(16 + 9000, None)))
+    with pytest.raises(DataError) as e:
+        load_dataset("mnist", str(root))
+    assert why in _one_line(e.value) and e.value.where == "data.dataset", str(e.value)

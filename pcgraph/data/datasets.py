@@ -52,6 +52,8 @@ import math
 import os
 import pickle
 import shutil
+import stat
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -156,6 +158,68 @@ def _offline_missing(root: str, cls: Any, folder: str, archive: str | None) -> s
     return f"{raw} has no {', '.join(lacking)}" if lacking else None
 
 
+def _check_idx(raw: Path) -> str | None:
+    """Why torchvision's MNIST-style raw files in ``raw`` cannot be right, naming the file (None:
+    they can be): a file there must be a regular file whose idx header describes it (unsigned
+    bytes, type 0x08; rank 3 images, rank 1 labels; exactly as many bytes as its dimensions
+    say), and a split must hold as many labels as images. Files not yet extracted from their
+    ``.gz`` are checked by torchvision as it reads them (and by :func:`_check_splits`)."""
+    counts: dict[tuple[str, str], int] = {}
+    for split in ("train", "t10k"):
+        for kind, rank in (("images", 3), ("labels", 1)):
+            f = raw / f"{split}-{kind}-idx{rank}-ubyte"
+            try:
+                st = os.stat(f)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                return f"refusing {f}: {exc.strerror or exc}"
+            if not stat.S_ISREG(st.st_mode):
+                return f"refusing {f}: not a regular file"
+            with open(f, "rb") as fh:
+                head = fh.read(4 + 4 * rank)
+            if len(head) < 4 + 4 * rank:
+                return f"refusing {f}: {st.st_size} bytes, shorter than an idx header"
+            if head[:2] != b"\0\0" or head[2] != 0x08 or head[3] != rank:
+                return (f"refusing {f}: its idx header starts 0x{head[:4].hex()}, not 0x000008{rank:02x} "
+                        f"(unsigned bytes, rank {rank})")
+            dims = struct.unpack(f">{rank}I", head[4:])
+            if st.st_size - len(head) != math.prod(dims):
+                return (f"refusing {f}: its header says {' x '.join(map(str, dims))} bytes of {kind}, the file holds "
+                        f"{st.st_size - len(head)}")
+            counts[(split, kind)] = dims[0]
+        if len({v for (sp, _), v in counts.items() if sp == split}) > 1:
+            return (f"refusing {raw / f'{split}-labels-idx1-ubyte'}: {counts[(split, 'labels')]} labels for "
+                    f"{counts[(split, 'images')]} images")
+    return None
+
+
+def _check_splits(splits: Splits, name: str) -> None:
+    """A loaded dataset must hold one label per sample, at least one sample in each split, and
+    (classification) class indices within ``0 .. num_classes - 1`` (or a graph's unlabelled
+    mark): a damaged file is one located DataError here, not a torch error in the first step."""
+    from ..ops.losses import IGNORE
+
+    for what, a, b in (("samples", splits.train_x, splits.test_x), ("labels", splits.train_y, splits.test_y)):
+        if a.shape[1:] != b.shape[1:]:
+            raise DataError(f"{name}'s training {what} have shape {list(a.shape[1:])}, its test {what} "
+                            f"{list(b.shape[1:])}", "data.dataset")
+    for split, x, y in (("training", splits.train_x, splits.train_y), ("test", splits.test_x, splits.test_y)):
+        if len(x) != len(y):
+            raise DataError(f"{name}'s {split} split holds {len(x)} samples but {len(y)} labels", "data.dataset")
+        if len(x) == 0:
+            raise DataError(f"{name}'s {split} split holds no samples", "data.dataset")
+        if splits.num_classes is not None:
+            if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+                raise DataError(f"{name}'s {split} labels are {y.dtype}, not class indices", "data.dataset")
+            bad = ((y != IGNORE) & ((y < 0) | (y >= splits.num_classes))).reshape(-1)
+            if bool(bad.any()):
+                i = int(bad.nonzero()[0, 0])
+                raise DataError(f"{name}'s {split} sample {i // max(1, y[:1].numel())} has the label "
+                                f"{int(y.reshape(-1)[i])}, not a class index in 0..{splits.num_classes - 1}",
+                                "data.dataset")
+
+
 def image_tensors(data: Any, targets: Any, channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 images (``[N, H, W]``, or ``[N, H, W, C]`` with ``channels_last``) and class
     indices -> float32 ``[N, C, H, W]`` in ``[0, 1]`` and int64 ``[N]``.
@@ -188,6 +252,11 @@ def _torchvision(cls_name: str, folder: str, num_classes: int, channels_last: bo
                             "data.dataset")
         base = root or str(_cache_dir())
         base = _writable_root(base, folder, archive) if not online else base
+        legacy = Path(base) / folder / "processed"      # (torchvision reads its legacy cache instead of raw/)
+        refused = (_check_idx(Path(base) / folder / "raw") if archive is None and not
+                   ((legacy / "training.pt").exists() and (legacy / "test.pt").exists()) else None)
+        if refused:
+            raise DataError(f"cannot load {cls_name}: {refused}", "data.dataset")
         try:
             train = cls(base, train=True, download=True)
             test = cls(base, train=False, download=True)
@@ -198,7 +267,9 @@ def _torchvision(cls_name: str, folder: str, num_classes: int, channels_last: bo
                 why = (f"{base}/{folder}/processed/ (torchvision's legacy cache, read before raw/) holds "
                        f"objects other than tensors: {unpickling_reason(exc)}")
             else:
-                why = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+                why = f"{type(exc).__name__}: {' '.join(str(exc).split())}".rstrip(": ")
+                if not str(exc).strip():        # (torchvision's readers assert without a message)
+                    why += " in torchvision's reader (a damaged or truncated file?)"
             raise DataError(f"cannot load {cls_name}: {why} ({hint})", "data.dataset") from None
         try:
             tx, ty = image_tensors(train.data, train.targets, channels_last)
@@ -409,6 +480,7 @@ def load_dataset(name: str, root: str | None = None, train_subset: int | None = 
             what = f"known: {', '.join(known)}" if known else "it takes no options"
             raise DataError(f"dataset {name!r} has no option {k!r} ({what})", f"data.options.{k}")
     splits = loader(root, **options)
+    _check_splits(splits, name)
     if splits.graph is not None:    # one graph: a subset keeps its first labelled vertices, all vertices
         from .graphs import first_labelled
 
