@@ -400,3 +400,14 @@ def test_ablation_axes_are_defined_and_uncrowded():
     fz = [("fazil", str(t), l, float("nan"), float("nan"), 1.0) for l in (1, 2, 3) for t in (1, 2, 4)]
     lines = ablation_figure("fazil", fz, [1, 2, 3], "t_d").axes[0].get_lines()
     assert len(lines) == 3 and lines[0].get_markersize() > lines[1].get_markersize() > lines[2].get_markersize()
+
+
+def test_svg_text_is_text_in_wave_and_plot(tmp_path):
+    from pcgraph.viz import plot_runs
+    from pcgraph.viz.wave import draw_wave, wave_data
+
+    a = make_run(tmp_path, "a", "zil", curve(3))
+    svg = plot_runs([a], tmp_path / "p.svg").read_text()
+    assert "epoch</text>" in svg or re.search(r"<text[^>]*>epoch</text>", svg)
+    svg = draw_wave(wave_data(Spec.load("graphs/quickstart.yaml")), tmp_path / "w.svg").read_text()
+    assert re.search(r"<text[^>]*>inference step t</text>", svg)
