@@ -13,6 +13,7 @@ the feed-forward pass through its ``f(x)`` alone.
 from __future__ import annotations
 
 import copy
+import statistics
 from pathlib import Path
 
 import pytest
@@ -204,7 +205,10 @@ def _peak_ratio(name: str, batch: int, release: bool = True, rule_name: str = "z
         torch_step()
         zil_step()
     cpu = torch.device("cpu")
-    return peak_bytes(zil_step, cpu) / peak_bytes(torch_step, cpu)
+    # the median of three measurements each: the profiler's records of one update move by up
+    # to 15% from one measurement to the next on this machine (0.88-1.15 on the wide MLP)
+    return (statistics.median(peak_bytes(zil_step, cpu) for _ in range(3))
+            / statistics.median(peak_bytes(torch_step, cpu) for _ in range(3)))
 
 
 def test_zil_peak_memory_on_the_cnn_is_torchs():

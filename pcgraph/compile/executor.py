@@ -205,6 +205,10 @@ class _Program:
                 what = ([f"message to {', '.join(to)}"] if to else []) + (["update"] if want_params else [])
                 per_edge[i] = f"t={s.t}: edge {edges[i].label}: VJP ({', '.join(what)})"
             self.labels.append((head, per_edge, f"t={s.t}: move {' '.join(a.node for a in s.advance)}"))
+        #: parameter group -> contributions stacked into one product (an unrolled RNN's shared
+        #: weights: a third of its updates per run, so that the stack holds a third of the
+        #: steps' errors and inputs at a time: backprop's memory, a few large products)
+        self.stack_chunk = {key: -(-n // _STACK_PARTS) for key, n in contributions.items() if n > 1}
         self._plan_steps = plan.steps
         self._moving = tuple(dict.fromkeys(a.node for s in plan.steps for a in s.advance))
         self._releases: dict = {}
@@ -232,6 +236,8 @@ class _Program:
 # the quantities :func:`_last_reads` tracks: a value x_v, its f(x) cache for one activation,
 # a prediction, an error, a move (base, d), an edge's linearization
 _X, _F, _MU, _EPS, _MOVED, _MEMO = range(6)
+#: a stacked group's updates are taken in this many products (see _Program.stack_chunk)
+_STACK_PARTS = 3
 #: a move's base that is exactly the node's current prediction (see :func:`_last_reads`)
 _EXACT = object()
 
@@ -502,6 +508,10 @@ def _run(kernel, plan, state, targets, scale, release=False):
                 else:
                     box[1].append(signal)
                     box[2].append(us[0])
+                    if len(box[1]) == prog.stack_chunk[key]:        # one product for these
+                        accumulate(acc, key, kernel.batched_param_vjp(i, box[1], box[2], scale))
+                        del stacked[key]
+                box = None
             elif fold and split:
                 gin, gp = edge_vjp_scaled(i, us, eps_c, signal, wanted, scale)
             else:
