@@ -397,3 +397,23 @@ def test_mnist_files_that_do_not_fit_are_one_located_line(tmp_path, monkeypatch,
     with pytest.raises(DataError) as e:
         load_dataset("mnist", str(root))
     assert why in _one_line(e.value) and e.value.where == "data.dataset", str(e.value)
+
+
+def test_crafted_cifar10_batches_are_not_unpickled(tmp_path, marker, monkeypatch):
+    """CIFAR-10's python batches are pickles that torchvision reads with ``pickle.load``: it
+    does so only after every file's MD5 matches the official one, so crafted batches are never
+    unpickled (torchvision then tries to download them: stopped here, no network needed)."""
+    import torchvision.datasets.cifar as cifar
+
+    def offline(*args, **kwargs):
+        raise OSError("offline (this test)")
+    monkeypatch.setattr(cifar, "download_and_extract_archive", offline)
+    monkeypatch.setenv("PCGRAPH_CACHE", str(tmp_path / "cache"))
+    batches = tmp_path / "root" / "cifar-10-batches-py"
+    batches.mkdir(parents=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]:
+        (batches / name).write_bytes(_raw_pickle(Payload(marker)))
+    with pytest.raises(DataError) as e:
+        load_dataset("cifar10", str(tmp_path / "root"))
+    assert "cannot load CIFAR10" in _one_line(e.value) and "offline (this test)" in str(e.value)
+    assert not marker.exists()
