@@ -504,13 +504,12 @@ def _run(kernel, plan, state, targets, scale, release=False):
                 gin = edge_vjp(i, us, eps_c, wanted, False)[0] if any_wanted else None
                 box = stacked.get(key)
                 if box is None:
-                    stacked[key] = (i, [signal], [us[0]])
-                else:
-                    box[1].append(signal)
-                    box[2].append(us[0])
-                    if len(box[1]) == prog.stack_chunk[key]:        # one product for these
-                        accumulate(acc, key, kernel.batched_param_vjp(i, box[1], box[2], scale))
-                        del stacked[key]
+                    box = stacked[key] = (i, [], [])
+                box[1].append(signal)
+                box[2].append(us[0])
+                if len(box[1]) == prog.stack_chunk[key]:        # one product for these
+                    accumulate(acc, key, kernel.batched_param_vjp(i, box[1], box[2], scale))
+                    del stacked[key]
                 box = None
             elif fold and split:
                 gin, gp = edge_vjp_scaled(i, us, eps_c, signal, wanted, scale)
