@@ -271,9 +271,16 @@ def first_paragraph(obj: Any) -> str:
     return md(" ".join(doc.strip().split("\n\n")[0].split()))
 
 
+def shipped(registry) -> list[str]:
+    """The registry's canonical names that pcgraph ships (its own or torch's objects): not what a
+    plugin or a test registered at run time in this process."""
+    return [n for n in registry.names()
+            if getattr(registry.get(n), "__module__", "pcgraph").split(".")[0] in ("pcgraph", "torch", "torchvision")]
+
+
 def names(registry) -> str:
     parts = []
-    for n in registry.names():
+    for n in shipped(registry):
         al = registry.aliases(n)
         parts.append(f"`{n}`" + (f" ({', '.join(f'`{a}`' for a in al)})" if al else ""))
     return ", ".join(parts)
@@ -328,7 +335,7 @@ def render() -> str:
     add("## Ops\n")
     add("The edge keys each op takes besides `from`, `to`, `op`, `activation`, `bias`, `param`. "
         "Sources: how many the op reads.\n")
-    for name in OPS.names():
+    for name in shipped(OPS):
         cls = OPS.get(name)
         lo, hi = cls.arity
         arity = str(lo) if lo == hi else (f"{lo} or more" if hi is None else f"{lo} to {hi}")
@@ -361,7 +368,7 @@ def render() -> str:
     add("## Rules\n")
     add("`train.algorithm: {name: RULE, ..}` takes the rule's settings below. The guide: "
         "[Learning rules](../guides/rules.md).\n")
-    for name in RULES.names():
+    for name in shipped(RULES):
         cls = RULES.get(name)
         al = RULES.aliases(name)
         add(f"### {name}\n")
