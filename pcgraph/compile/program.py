@@ -142,6 +142,8 @@ class StepProgram:
         params = [net.params[k][n].detach() for k, n in self.param_keys]
         ins = [inputs[k] for k in self.input_names]
         tgts = [targets[k] for k in self.target_names]
+        for op in cg.ops:          # (step-invariant work done once, outside the program)
+            op.prepare(dtype, device)
         previous, _marker = _marker, marker
         try:
             with torch.no_grad():

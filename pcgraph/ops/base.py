@@ -110,6 +110,11 @@ class Op:
         return {}
 
     # ---- computation ----------------------------------------------------------------
+    def prepare(self, dtype: torch.dtype, device: torch.device) -> None:
+        """Work that is the same at every step (a graph op's normalised structure), done
+        before a step is traced, so that the program reads its result instead of redoing it
+        at every step. Default: nothing."""
+
     def forward(self, params: dict[str, torch.Tensor], *inputs: torch.Tensor) -> torch.Tensor:
         """``g(u_1, .., u_n)``: inputs ``[B, *in_shapes[k]]`` -> ``[B, *out_shape]``."""
         raise NotImplementedError

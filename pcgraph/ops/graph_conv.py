@@ -182,6 +182,10 @@ class GraphOp(Op):
         return {k: layer.get_parameter(n).detach().to(device) for k, n in self._pyg.items()}
 
     # ---- computation --------------------------------------------------------------------
+    def prepare(self, dtype, device):
+        if self.graph is not None:          # (the structure's cache, e.g. gcn_norm's weights)
+            self.structure(self.graph, dtype)
+
     def bound_graph(self, u: torch.Tensor) -> Graph:
         g = self.graph
         if g is None:
@@ -257,6 +261,28 @@ class GCNConvOp(GraphOp):
                            "source_to_target", dtype)
             graph.cache[key] = hit
         return hit
+
+    def vjp(self, params, inputs, g, wanted, want_params):
+        """By hand, from the forward's definition ``y = A_hat (u W^T) (+ b)`` with ``A_hat`` the
+        (normalised) adjacency the forward propagates with (edge ``j -> i`` of weight ``w``
+        adds ``w * (u W^T)_j`` to row ``i``): ``r = A_hat^T g`` once (each edge sends
+        ``w * g_i`` back to ``j``), then ``dW = r^T u``, ``du = r W``, ``db = sum_rows g``.
+        No forward is recomputed and nothing is linearized (``torch.func`` would trace the
+        layer's whole forward for each VJP)."""
+        u = inputs[0]
+        graph = self.bound_graph(u)
+        edge_index, weight = self.structure(graph, u.dtype)
+        src, dst = edge_index[0], edge_index[1]
+        back = g.index_select(0, dst)
+        if weight is not None:
+            back = back * weight.view(-1, 1)
+        r = g.new_zeros(u.shape[0], g.shape[1]).index_add_(0, src, back)
+        w = params["lin_weight"]
+        gin = [r.mm(w) if wanted[0] else None]
+        if not want_params:
+            return gin, None
+        grads = {"lin_weight": lambda: r.t().mm(u), "bias": lambda: g.sum(0)}
+        return gin, {k: grads[k]() for k in params}       # (in the parameters' order)
 
 
 # ---- sage_conv ------------------------------------------------------------------------------
