@@ -64,6 +64,10 @@ class CheckReport:
 def check_against_bp(spec: Spec, steps: int = 10, device="cpu", dtype="float64") -> CheckReport:
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise SpecError(f"expected at least 1 mini-batch to compare, got {steps!r}", "--steps")
+    # backprop, the reference, needs a feed-forward order: a graph without one is refused
+    # before any data is read (an energy-based spec has no twin to compare with)
+    from ..compile import compile_graph
+    compile_graph(spec.model, spec.loss, clamped=spec.clamped_nodes()).require_order("bp")
     rule_exp = Experiment.build(spec, device, dtype)
     bp_spec = copy.deepcopy(spec)
     bp_spec.train.algorithm = AlgorithmSpec("bp")
