@@ -203,6 +203,18 @@ def _shape(shape) -> str:
     return "[" + ",".join(str(s) for s in shape) + "]" if shape else "[?]"
 
 
+def _drawn_graph(cg, raw: bool):
+    """``(graph, depth, ops, derived)`` of what is drawn: the compiled graph, or with ``raw``
+    the spec's graph as written (depths as distances to the outputs, no relays)."""
+    if raw:
+        g = cg.source
+        depth = {n: d[1] for n, d in g.distances_to_outputs().items()}
+        ops = [g.make_op(e) for e in g.edges]
+    else:
+        g, depth, ops = cg.graph, cg.depth, cg.ops
+    return g, depth, ops, getattr(cg, "derived", set())
+
+
 def graph_layout(cg, raw: bool = False) -> Layout:
     """The drawable description of ``cg`` (or of ``cg.source`` with ``raw=True``) with
     positions: ``x = max_depth - depth`` (inputs left, outputs right), nodes of one column
@@ -210,13 +222,7 @@ def graph_layout(cg, raw: bool = False) -> Layout:
     (``not cg.ordered``) gets :func:`free_layout` instead."""
     if not cg.ordered:
         return free_layout(cg, raw)
-    if raw:
-        g = cg.source
-        depth = {n: d[1] for n, d in g.distances_to_outputs().items()}
-        ops = [g.make_op(e) for e in g.edges]
-    else:
-        g, depth, ops = cg.graph, cg.depth, cg.ops
-    derived = getattr(cg, "derived", set())
+    g, depth, ops, derived = _drawn_graph(cg, raw)
     nodes = {}
     for n, v in g.nodes.items():
         role = "derived" if n in derived else v.role
@@ -474,13 +480,7 @@ def _collapsed_drawing(cg, raw: bool):
     no cell of 3 steps or more (or the collapsed picture would not be a DAG)."""
     from .layered import DEdge, DNode, Drawing
 
-    if raw:
-        g = cg.source
-        depth = {n: dd[1] for n, dd in g.distances_to_outputs().items()}
-        ops = [g.make_op(e) for e in g.edges]
-    else:
-        g, depth, ops = cg.graph, cg.depth, cg.ops
-    derived = getattr(cg, "derived", set())
+    g, depth, ops, derived = _drawn_graph(cg, raw)
     cell = _cell_of(g)
     steps_of: dict[str, set] = {}
     for n, (u, _, k) in cell.items():
